@@ -1,0 +1,1 @@
+"""Benchmarks for xpconv: the textbook NumPy baseline and the timing harness."""

@@ -1,0 +1,79 @@
+"""The one sliding-window primitive: conv and pooling both read the input through it.
+
+A window op with kernel (FH, FW) reads, for each kernel tap (i, j), a strided slice
+of the padded input::
+
+    xp[:, :, i*dh : i*dh + sh*(OH-1) + 1 : sh, j*dw : j*dw + sw*(OW-1) + 1 : sw]   # (N, C, OH, OW)
+
+``unfold`` stacks those slices into columns; ``fold`` is its adjoint, adding each
+tap's (N, C, OH, OW) piece back onto the input positions it came from.
+"""
+from __future__ import annotations
+
+import array_api_extra as xpx
+from array_api_compat import array_namespace, device
+
+from ._geometry import Window2d
+
+
+def pad(x, geom: Window2d, value: float = 0.0):
+    """Pad the last two axes of ``x: (N, C, H, W)`` as ``geom`` says (no copy if no padding)."""
+    if not geom.padded:
+        return x
+    (pt, pb), (pl, pr) = geom.pads
+    return xpx.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=value)
+
+
+def taps(geom: Window2d):
+    """Yield (k, rows, cols) for each kernel tap, k = i*FW + j, slicing the padded input."""
+    for i in range(geom.h.k):
+        for j in range(geom.w.k):
+            yield i * geom.w.k + j, geom.h.tap(i), geom.w.tap(j)
+
+
+def unfold(x_padded, geom: Window2d):
+    """Columns of a padded input.
+
+    Shapes:
+        x_padded: (N, C, Hp, Wp)  ->  cols: (N, C, FH*FW, OH, OW)
+    """
+    xp = array_namespace(x_padded)
+    return xp.stack([x_padded[:, :, r, c] for _, r, c in taps(geom)], axis=2)
+
+
+def fold(pieces, geom: Window2d, like, shape):
+    """Adjoint of ``unfold`` (with the padding cropped): sum pieces back onto the input.
+
+    Args:
+        pieces: iterable of (N, C, OH, OW) arrays, the gradient through each tap,
+            in tap order k = i*FW + j (consumed in that order, one at a time).
+        like: an array whose dtype and device the result takes.
+        shape: (N, C, H, W) of the unpadded input.
+
+    Returns:
+        (N, C, H, W) array; what falls into the padding is dropped.
+    """
+    xp = array_namespace(like)
+    out = xp.zeros(shape, dtype=like.dtype, device=device(like))
+    pieces = iter(pieces)
+    for i in range(geom.h.k):
+        rows = geom.h.tap_inside(i)
+        for j in range(geom.w.k):
+            piece = next(pieces)
+            cols = geom.w.tap_inside(j)
+            if rows is None or cols is None:
+                continue
+            out = xpx.at(out)[:, :, rows[0], cols[0]].add(piece[:, :, rows[1], cols[1]])
+    return out
+
+
+def inside_mask(geom: Window2d, i: int, j: int, like):
+    """(OH, OW) bool: where tap (i, j) reads the real input rather than padding."""
+    xp = array_namespace(like)
+    dev = device(like)
+
+    def axis_mask(axis, t):
+        pos = xp.arange(axis.out, device=dev) * axis.s + (t * axis.d - axis.p0)
+        return (pos >= 0) & (pos < axis.size)
+
+    return axis_mask(geom.h, i)[:, None] & axis_mask(geom.w, j)[None, :]

@@ -1,0 +1,306 @@
+"""Device specs -> Array API namespaces.
+
+This is the only module that names NumPy or CuPy. Everything else in xpconv takes
+its namespace from its inputs (``array_namespace(x)``) and allocates with the
+input's dtype and device.
+
+Spec strings::
+
+    "cpu"                       NumPy on the host
+    "cuda", "cuda:N"            CuPy on GPU N (default 0)
+    "auto"                      "cuda" when a GPU is usable, else "cpu"
+    "<library>[:<device>]"      any installed Array API library, e.g.
+                                "numpy", "cupy:1", "torch", "torch:cuda:0",
+                                "jax", "jax:gpu:0", "array_api_strict",
+                                "array_api_strict:device1"
+
+Optional libraries are imported only when a spec asks for them.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import array_api_compat
+import numpy
+
+__all__ = ["Device", "device", "available_devices", "to_numpy", "device_scope", "from_host"]
+
+_LIBRARIES = ("numpy", "cupy", "torch", "jax", "array_api_strict")
+_ALIASES = {"np": "numpy", "cp": "cupy", "pytorch": "torch", "jax.numpy": "jax",
+            "strict": "array_api_strict", "array-api-strict": "array_api_strict"}
+
+
+@dataclass(frozen=True)
+class Device:
+    """An Array API namespace together with one of its devices.
+
+    Attributes:
+        spec: canonical spec string, e.g. ``"cpu"``, ``"cuda:0"``, ``"torch:cpu"``.
+        xp: the array-api-compat namespace of the library.
+        native: the library's own device object (``torch.device``,
+            ``cupy.cuda.Device``, ``array_api_strict.Device``, ...).
+    """
+
+    spec: str
+    xp: Any = field(repr=False)
+    native: Any = field(repr=False)
+    library: str = field(repr=False, default="numpy")
+
+    def __str__(self) -> str:
+        return self.spec
+
+    def asarray(self, obj, dtype=None):
+        """Put ``obj`` (host data or an array of this library) on this device.
+
+        ``dtype`` may be a dtype of this namespace or a name such as ``"float32"``.
+        Arrays of another library are refused: convert them with :func:`to_numpy`.
+        """
+        if isinstance(dtype, str):
+            dtype = self.dtype(dtype)
+        if _is_foreign_array(obj, self.library):
+            raise TypeError(
+                f"{self}.asarray: got a {type(obj).__module__}.{type(obj).__name__}; "
+                f"move it to the host first with xpconv.to_numpy(x)")
+        with self.scope():
+            if self.library == "cupy":
+                return self.xp.asarray(obj, dtype=dtype)
+            if self.library == "array_api_strict" and not isinstance(obj, self.xp.asarray([]).__class__):
+                obj = numpy.asarray(obj)
+            return self.xp.asarray(obj, dtype=dtype, device=self.native)
+
+    def dtype(self, name: str):
+        """The namespace's dtype called ``name`` (``"float32"``, ``"float64"``, ...)."""
+        try:
+            return getattr(self.xp, name)
+        except AttributeError:
+            raise ValueError(f"device {self}: no dtype named {name!r}") from None
+
+    def scope(self):
+        """Context in which new arrays of this namespace land on this device."""
+        return self.native if self.library == "cupy" else contextlib.nullcontext()
+
+    def synchronize(self, *arrays) -> None:
+        """Wait until work queued on this device (and on ``arrays``) is done."""
+        if self.library == "cupy":
+            self.native.synchronize()
+        elif self.library == "torch" and self.native.type == "cuda":
+            sys.modules["torch"].cuda.synchronize(self.native)
+        for a in arrays:
+            block = getattr(a, "block_until_ready", None)
+            if block is not None:
+                block()
+
+
+def device(spec: "str | Device" = "cpu") -> Device:
+    """Resolve a spec string (see module docstring) to a :class:`Device`.
+
+    Raises:
+        ValueError: unknown or unusable spec; the message lists the usable ones.
+    """
+    if isinstance(spec, Device):
+        return spec
+    if not isinstance(spec, str):
+        raise TypeError(f"device: expected a spec string such as 'cpu' or 'cuda:0'; got {spec!r}")
+    text = spec.strip().lower() if spec.strip().lower() in ("auto", "cpu", "gpu") else spec.strip()
+    if text == "auto":
+        return device("cuda") if _cupy_gpu_count() > 0 else device("cpu")
+    if text == "cpu":
+        return _numpy_device("cpu")
+    if text == "gpu" or text == "cuda" or text.startswith("cuda:"):
+        return _cupy_device(spec, text.partition(":")[2])
+    library, _, where = text.partition(":")
+    library = _ALIASES.get(library.lower(), library.lower())
+    makers = {"numpy": _numpy_device, "cupy": lambda w: _cupy_device(spec, w),
+              "torch": _torch_device, "jax": _jax_device, "array_api_strict": _strict_device}
+    if library not in makers:
+        _unusable(spec, f"unknown library {library!r}")
+    return makers[library](where)
+
+
+def available_devices() -> list[str]:
+    """Spec strings usable here, e.g. ``["cpu", "cuda:0", "torch", ...]``.
+
+    Never raises: a library that is missing or cannot reach its device is left out.
+    """
+    specs = ["cpu"]
+    specs += [f"cuda:{i}" for i in range(_cupy_gpu_count())]
+    if _importable("torch"):
+        specs.append("torch")
+        with contextlib.suppress(Exception):
+            torch = importlib.import_module("torch")
+            if torch.cuda.is_available():
+                specs += [f"torch:cuda:{i}" for i in range(torch.cuda.device_count())]
+    if _importable("jax"):
+        specs.append("jax")
+        with contextlib.suppress(Exception):
+            jax = importlib.import_module("jax")
+            specs += [f"jax:gpu:{i}" for i in range(len(jax.devices("gpu")))]
+    if _importable("array_api_strict"):
+        specs += ["array_api_strict", "array_api_strict:device1"]
+    return specs
+
+
+def to_numpy(x) -> numpy.ndarray:
+    """Copy any supported array (NumPy, CuPy, torch, JAX, array-api-strict) to host NumPy."""
+    if isinstance(x, numpy.ndarray) or numpy.isscalar(x):
+        return numpy.asarray(x)
+    if array_api_compat.is_cupy_array(x):
+        return x.get()
+    if array_api_compat.is_torch_array(x):
+        return x.detach().cpu().numpy()
+    if array_api_compat.is_array_api_obj(x):
+        xp = array_api_compat.array_namespace(x)
+        if array_api_compat.is_array_api_strict_namespace(xp):
+            x = x.to_device(xp.Device("CPU_DEVICE"))
+        return numpy.asarray(x)
+    return numpy.asarray(x)
+
+
+def from_host(a: numpy.ndarray, like):
+    """Put host array ``a`` on the namespace and device of array ``like``."""
+    xp = array_api_compat.array_namespace(like)
+    dev = array_api_compat.device(like)
+    with device_scope(like):
+        if array_api_compat.is_cupy_array(like):
+            return xp.asarray(a)
+        return xp.asarray(a, device=dev)
+
+
+def device_scope(x):
+    """Context in which allocations follow ``x``'s device.
+
+    Needed for CuPy, whose creation functions allocate on the *current* GPU and
+    ignore ``device=``; a no-op for every other library.
+    """
+    dev = array_api_compat.device(x)
+    return dev if hasattr(dev, "__enter__") and hasattr(dev, "use") else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- makers
+
+def _numpy_device(where: str) -> Device:
+    if where not in ("", "cpu"):
+        _unusable(f"numpy:{where}", "NumPy has only the 'cpu' device")
+    import array_api_compat.numpy as xp
+    return Device("cpu", xp, "cpu", "numpy")
+
+
+def _cupy_device(spec: str, where: str) -> Device:
+    where = where.removeprefix("cuda:").removeprefix("gpu:")
+    index = _device_index(spec, where)
+    count = _cupy_gpu_count()
+    if count == 0:
+        _unusable(spec, _cupy_problem() or "no CUDA GPU is usable")
+    if index >= count:
+        _unusable(spec, f"CuPy sees {count} GPU(s) (0..{count - 1})")
+    import array_api_compat.cupy as xp
+    import cupy
+    return Device(f"cuda:{index}", xp, cupy.cuda.Device(index), "cupy")
+
+
+def _torch_device(where: str) -> Device:
+    if not _importable("torch"):
+        _unusable(f"torch:{where}" if where else "torch", "PyTorch is not installed")
+    import torch
+    import array_api_compat.torch as xp
+    try:
+        native = torch.device(where or "cpu")
+        if native.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("torch.cuda.is_available() is False")
+            native = torch.device("cuda", native.index or 0)
+            torch.empty(0, device=native)  # raises when the index is out of range
+        elif native.type != "cpu":
+            torch.empty(0, device=native)
+    except Exception as exc:  # bad string, missing GPU, ...
+        _unusable(f"torch:{where}", str(exc).splitlines()[0])
+    return Device(f"torch:{native}", xp, native, "torch")
+
+
+def _jax_device(where: str) -> Device:
+    if not _importable("jax"):
+        _unusable(f"jax:{where}" if where else "jax", "JAX is not installed")
+    import jax
+    import jax.numpy as xp
+    platform, _, index = (where or "cpu").partition(":")
+    try:
+        native = jax.devices(platform)[_device_index(f"jax:{where}", index)]
+    except (RuntimeError, IndexError) as exc:
+        _unusable(f"jax:{where}", str(exc).splitlines()[0] or "no such device")
+    return Device(f"jax:{platform}:{native.id}", xp, native, "jax")
+
+
+def _strict_device(where: str) -> Device:
+    if not _importable("array_api_strict"):
+        _unusable("array_api_strict", "array-api-strict is not installed")
+    import array_api_strict as xp
+    name = where or "CPU_DEVICE"
+    known = [d for d in xp.__array_namespace_info__().devices() if str(d).split("'")[1] == name]
+    if not known:
+        _unusable(f"array_api_strict:{where}", "array-api-strict devices are "
+                  + ", ".join(str(d).split("'")[1] for d in xp.__array_namespace_info__().devices()))
+    return Device(f"array_api_strict:{name}", xp, known[0], "array_api_strict")
+
+
+# ----------------------------------------------------------------------------- probes
+
+def _importable(name: str) -> bool:
+    if name in sys.modules:
+        return True
+    return importlib.util.find_spec(name) is not None
+
+
+def _cupy_gpu_count() -> int:
+    """GPUs CuPy can use; 0 when CuPy, the driver or a GPU is missing. Never raises."""
+    return _cupy_status()[0]
+
+
+def _cupy_problem() -> str:
+    return _cupy_status()[1]
+
+
+_CUPY_STATUS: "tuple[int, str] | None" = None
+
+
+def _cupy_status() -> tuple[int, str]:
+    global _CUPY_STATUS
+    if _CUPY_STATUS is None:
+        if not _importable("cupy"):
+            _CUPY_STATUS = (0, "CuPy is not installed (pip install 'xpconv[cuda12]' or 'xpconv[cuda13]')")
+        else:
+            try:
+                import cupy
+                count = cupy.cuda.runtime.getDeviceCount()
+                _CUPY_STATUS = (count, "" if count else "CuPy found no CUDA GPU")
+            except Exception as exc:  # no driver, no GPU, broken install
+                first = (str(exc).splitlines() or [type(exc).__name__])[0]
+                _CUPY_STATUS = (0, f"CuPy is installed but cannot use a GPU ({first})")
+    return _CUPY_STATUS
+
+
+def _device_index(spec: str, text: str) -> int:
+    if text == "":
+        return 0
+    if not text.isdigit():
+        _unusable(spec, f"expected a GPU index such as 'cuda:0'; got {text!r}")
+    return int(text)
+
+
+def _is_foreign_array(obj, library: str) -> bool:
+    if isinstance(obj, numpy.ndarray) or not array_api_compat.is_array_api_obj(obj):
+        return False
+    checks = {"cupy": array_api_compat.is_cupy_array, "torch": array_api_compat.is_torch_array,
+              "jax": array_api_compat.is_jax_array, "numpy": array_api_compat.is_numpy_array}
+    own = checks.get(library)
+    if own is None:  # array_api_strict
+        return type(obj).__module__.split(".")[0] != "array_api_strict"
+    return not own(obj)
+
+
+def _unusable(spec: str, why: str):
+    raise ValueError(f"device {spec!r} is not usable: {why}. "
+                     f"Usable here: {', '.join(available_devices())}")

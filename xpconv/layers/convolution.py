@@ -1,0 +1,78 @@
+"""The Convolution layer (the book's ``common/layers.py`` name and interface)."""
+from __future__ import annotations
+
+from .._checks import check_floating, check_ndim, check_same_place
+from .._geometry import ROUNDINGS, pair
+from ..devices import device_scope
+from ..functional import (_check_grad, _conv_geometry, check_conv_shapes, conv2d_forward,
+                          conv2d_grads)
+
+
+class Convolution:
+    """2-D convolution layer with its backward pass.
+
+    Args:
+        W: filters, (FN, C/groups, FH, FW).
+        b: bias, (FN,).
+        stride, dilation: int or (h, w).
+        pad: int, (ph, pw), ((top, bottom), (left, right)), "valid", "same" or "full".
+        groups: channel groups (groups=C: depthwise).
+        rounding: "exact" (raise when windows do not tile the input) or "floor".
+        input_grad: compute ``dx`` in ``backward`` (False for a first layer, which
+            needs none; ``backward`` then returns None).
+
+    Shape:
+        forward:  x (N, C, H, W)  ->  (N, FN, OH, OW)
+        backward: dout (N, FN, OH, OW)  ->  dx (N, C, H, W); sets ``dW`` (like W), ``db`` (FN,)
+
+    >>> import numpy as np, xpconv
+    >>> conv = xpconv.Convolution(np.ones((8, 3, 3, 3), "float32"), np.zeros(8, "float32"), pad=1)
+    >>> conv.forward(np.ones((2, 3, 5, 5), "float32")).shape
+    (2, 8, 5, 5)
+    """
+
+    def __init__(self, W, b, stride=1, pad=0, dilation=1, groups=1, rounding="exact",
+                 input_grad=True):
+        who = "Convolution"
+        check_floating(who, "W", W)
+        check_ndim(who, "W", W, 4, "(FN, C/groups, FH, FW)")
+        check_same_place(who, "W", W, b=b)
+        if b is None:
+            raise TypeError(f"{who}: expected b of shape (FN,) = ({W.shape[0]},); got None")
+        check_conv_shapes(who, (1, W.shape[1] * groups if isinstance(groups, int) else 0, 1, 1),
+                          tuple(W.shape), tuple(b.shape), groups)
+        pair(who, "stride", stride, minimum=1)
+        pair(who, "dilation", dilation, minimum=1)
+        if rounding not in ROUNDINGS[:2]:
+            raise ValueError(f"{who}: expected rounding in {ROUNDINGS[:2]}; got {rounding!r}")
+        self.W, self.b = W, b
+        self.stride, self.pad, self.dilation, self.groups = stride, pad, dilation, groups
+        self.rounding, self.input_grad = rounding, input_grad
+        self.dW = self.db = None
+        self.x = None            # kept for backward
+        self._cols = None        # columns kept when the batch fit in one workspace chunk
+        self._geom = None
+
+    def forward(self, x):
+        self._geom = _conv_geometry("Convolution", x, self.W, self.b, self.stride, self.pad,
+                                    self.dilation, self.groups, self.rounding)
+        self.x = x
+        with device_scope(x):
+            y, self._cols = conv2d_forward(x, self.W, self.b, self._geom, self.groups, keep_cols=True)
+        return y
+
+    def backward(self, dout):
+        if self.x is None:
+            raise RuntimeError("Convolution.backward: call forward first")
+        _check_grad("Convolution.backward", dout, self.x, (self.x.shape[0], self.W.shape[0],
+                                                         *self._geom.out_hw))
+        with device_scope(dout):
+            dx, self.dW, self.db = conv2d_grads(dout, self.x, self.W, self._geom, self.groups,
+                                                input_grad=self.input_grad, cols=self._cols)
+        self._cols = None
+        return dx
+
+    def __repr__(self) -> str:
+        FN, Cg, FH, FW = self.W.shape
+        return (f"Convolution({Cg * self.groups}->{FN}, kernel=({FH}, {FW}), stride={self.stride}, "
+                f"pad={self.pad!r}, dilation={self.dilation}, groups={self.groups})")

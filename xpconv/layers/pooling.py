@@ -1,0 +1,71 @@
+"""The Pooling layer (the book's ``common/layers.py`` name), max or average."""
+from __future__ import annotations
+
+from ..devices import device_scope
+from ..functional import (_check_grad, _pool_geometry, avg_pool2d_forward, avg_pool2d_grad,
+                          max_pool2d_forward, max_pool2d_grad)
+from .._geometry import ROUNDINGS, pair
+
+MODES = ("max", "avg")
+
+
+class Pooling:
+    """2-D max or average pooling with its backward pass.
+
+    Args:
+        pool_h, pool_w: window size.
+        stride: int, (h, w), or None for the window size (non-overlapping windows).
+        pad: int, (ph, pw) or ((top, bottom), (left, right)); at most half the window.
+            Max pooling pads with -inf (padding never wins).
+        mode: "max" or "avg".
+        rounding: "exact" (default: raise if windows do not tile the input), "floor"
+            (drop the last partial window) or "ceil" (pad it, PyTorch's ceil_mode=True).
+        count_include_pad: average pooling divides by the padded window size (True)
+            or by the number of real inputs in it (False).
+
+    Shape:
+        forward:  x (N, C, H, W)  ->  (N, C, OH, OW)
+        backward: dout (N, C, OH, OW)  ->  dx (N, C, H, W); max pooling sends each
+            window's gradient to its first maximum.
+
+    Global pooling: ``Pooling(H, W)``.
+    """
+
+    def __init__(self, pool_h, pool_w, stride=None, pad=0, mode="max", rounding="exact",
+                 count_include_pad=True):
+        who = "Pooling"
+        pair(who, "pool size", (pool_h, pool_w), minimum=1)
+        if stride is not None:
+            pair(who, "stride", stride, minimum=1)
+        if mode not in MODES:
+            raise ValueError(f"{who}: expected mode in {MODES}; got {mode!r}")
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"{who}: expected rounding in {ROUNDINGS}; got {rounding!r}")
+        self.pool_h, self.pool_w, self.stride, self.pad = pool_h, pool_w, stride, pad
+        self.mode, self.rounding, self.count_include_pad = mode, rounding, count_include_pad
+        self.x = self.out = None
+        self._geom = None
+
+    def forward(self, x):
+        self._geom = _pool_geometry("Pooling", x, (self.pool_h, self.pool_w), self.stride,
+                                    self.pad, self.rounding)
+        self.x = x
+        with device_scope(x):
+            if self.mode == "max":
+                self.out = max_pool2d_forward(x, self._geom)
+            else:
+                self.out = avg_pool2d_forward(x, self._geom, self.count_include_pad)
+        return self.out
+
+    def backward(self, dout):
+        if self.x is None:
+            raise RuntimeError("Pooling.backward: call forward first")
+        _check_grad("Pooling.backward", dout, self.x, (*self.x.shape[:2], *self._geom.out_hw))
+        with device_scope(dout):
+            if self.mode == "max":
+                return max_pool2d_grad(dout, self.x, self.out, self._geom)
+            return avg_pool2d_grad(dout, self.x, self._geom, self.count_include_pad)
+
+    def __repr__(self) -> str:
+        return (f"Pooling({self.pool_h}, {self.pool_w}, stride={self.stride}, pad={self.pad!r}, "
+                f"mode={self.mode!r})")

@@ -1,14 +1,35 @@
-"""xpconv: the convolutional-network chapter of *Deep Learning from Scratch*, on any
-Array API backend (NumPy, CuPy, PyTorch, JAX, array-api-strict)."""
-from . import functional
+"""xpconv: the convolutional-network chapter of *Deep Learning from Scratch*, written once
+against the Python Array API, so the same code runs on NumPy, CuPy, PyTorch, JAX and
+array-api-strict.
+
+>>> import xpconv
+>>> net = xpconv.SimpleConvNet(device="cpu", seed=0)      # or device="cuda"
+>>> net.predict(x).shape                                   # doctest: +SKIP
+(N, 10)
+"""
+from . import datasets, functional
 from .devices import Device, available_devices, device, to_numpy
-from .layers import Convolution, Pooling
+from .gradcheck import numerical_gradient
+from .layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, Pooling, Relu,
+                     Sigmoid, SoftmaxWithLoss, cross_entropy_error, softmax)
+from .models import DeepConvNet, LeNet, SimpleConvNet
+from .network import Parameters, Sequential
+from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, get_optimizer
+from .trainer import Trainer, TrainingDiverged
 from .workspace import get_workspace_limit, set_workspace_limit, workspace_limit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    # devices
     "Device", "device", "available_devices", "to_numpy",
-    "functional", "Convolution", "Pooling",
-    "get_workspace_limit", "set_workspace_limit", "workspace_limit",
+    # ops and layers
+    "functional", "Convolution", "Pooling", "Affine", "Relu", "Sigmoid", "Flatten", "Dropout",
+    "BatchNormalization", "SoftmaxWithLoss", "softmax", "cross_entropy_error",
+    # networks and training
+    "Sequential", "Parameters", "SimpleConvNet", "DeepConvNet", "LeNet",
+    "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get_optimizer",
+    "Trainer", "TrainingDiverged", "numerical_gradient",
+    # data, memory
+    "datasets", "get_workspace_limit", "set_workspace_limit", "workspace_limit",
 ]

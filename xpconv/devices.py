@@ -27,7 +27,8 @@ from typing import Any
 import array_api_compat
 import numpy
 
-__all__ = ["Device", "device", "available_devices", "to_numpy", "device_scope", "from_host"]
+__all__ = ["Device", "device", "available_devices", "to_numpy", "device_scope", "from_host",
+           "device_of", "dtype_name", "is_host_numpy", "host_rng"]
 
 _LIBRARIES = ("numpy", "cupy", "torch", "jax", "array_api_strict")
 _ALIASES = {"np": "numpy", "cp": "cupy", "pytorch": "torch", "jax.numpy": "jax",
@@ -71,6 +72,15 @@ class Device:
             if self.library == "array_api_strict" and not isinstance(obj, self.xp.asarray([]).__class__):
                 obj = numpy.asarray(obj)
             return self.xp.asarray(obj, dtype=dtype, device=self.native)
+
+    def zeros(self, shape, dtype="float32"):
+        """A new array of zeros on this device; ``dtype`` a name or a dtype of this namespace."""
+        if isinstance(dtype, str):
+            dtype = self.dtype(dtype)
+        with self.scope():
+            if self.library == "cupy":
+                return self.xp.zeros(shape, dtype=dtype)
+            return self.xp.zeros(shape, dtype=dtype, device=self.native)
 
     def dtype(self, name: str):
         """The namespace's dtype called ``name`` (``"float32"``, ``"float64"``, ...)."""
@@ -168,6 +178,41 @@ def from_host(a: numpy.ndarray, like):
         if array_api_compat.is_cupy_array(like):
             return xp.asarray(a)
         return xp.asarray(a, device=dev)
+
+
+def device_of(x) -> Device:
+    """The :class:`Device` that array ``x`` lives on."""
+    if isinstance(x, numpy.ndarray):
+        return device("cpu")
+    native = array_api_compat.device(x)
+    if array_api_compat.is_cupy_array(x):
+        return device(f"cuda:{native.id}")
+    if array_api_compat.is_torch_array(x):
+        return device(f"torch:{native}")
+    if array_api_compat.is_jax_array(x):
+        return device(f"jax:{native.platform}:{native.id}")
+    if type(x).__module__.split(".")[0] == "array_api_strict":
+        return device(f"array_api_strict:{str(native).split(chr(39))[1]}")
+    raise TypeError(f"device_of: unsupported array type {type(x).__module__}.{type(x).__name__}")
+
+
+def dtype_name(x) -> str:
+    """Name of ``x``'s dtype, the same for every library: ``"float32"``, ``"int64"``, ..."""
+    name = getattr(x.dtype, "name", None)
+    return name if isinstance(name, str) else str(x.dtype).rsplit(".", 1)[-1]
+
+
+def host_rng(seed=None) -> numpy.random.Generator:
+    """Host random generator (the Array API has none): ``numpy.random.default_rng(seed)``.
+
+    Draw on the host, then move once with :func:`from_host` or ``Device.asarray``.
+    """
+    return numpy.random.default_rng(seed)
+
+
+def is_host_numpy(x) -> bool:
+    """True for a NumPy array (host data that a model moves to its device)."""
+    return isinstance(x, numpy.ndarray)
 
 
 def device_scope(x):

@@ -1,0 +1,52 @@
+"""Shared fixtures: every test that takes ``backend`` runs once per Array API backend.
+
+Backends that are not installed or cannot reach their device are skipped, with the
+reason, so a CPU-only machine runs numpy, array_api_strict (two devices), torch and
+jax, and a GPU machine adds cupy.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpconv
+
+BACKENDS = [
+    "numpy",
+    "array_api_strict",            # CPU_DEVICE
+    "array_api_strict:device1",    # a fake second device: results must stay on it
+    "torch",
+    "jax",
+    "cupy",
+]
+
+
+def make_backend(spec: str) -> xpconv.Device:
+    """xpconv.Device for ``spec``, or skip the test with the reason it is unusable."""
+    try:
+        dev = xpconv.device(spec)
+    except ValueError as exc:
+        pytest.skip(f"{spec}: {exc}")
+    if dev.library == "jax":
+        import jax
+        jax.config.update("jax_enable_x64", True)  # float64 references need it
+    return dev
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> xpconv.Device:
+    """An xpconv.Device per backend; ``backend.asarray(np_array, dtype="float64")`` moves data."""
+    return make_backend(request.param)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(12345)
+
+
+def assert_on(backend: xpconv.Device, *arrays) -> None:
+    """Every array belongs to ``backend``'s library and device (nothing leaked to the host)."""
+    from array_api_compat import array_namespace, device
+    for a in arrays:
+        assert array_namespace(a) is backend.xp, f"{type(a)} is not a {backend.library} array"
+        assert device(a) == backend.native, f"array on {device(a)}, expected {backend.native}"

@@ -1,0 +1,155 @@
+"""The ``xpconv`` command: devices, train, filters, bench."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+MODELS = ("simple", "deep", "lenet")
+OPTIMIZERS = ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args)
+    except (ValueError, TypeError, OSError, RuntimeError) as exc:
+        print(f"xpconv {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xpconv", description="The book's CNN on any Array API device.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    d = sub.add_parser("devices", help="list the devices usable here")
+    d.set_defaults(run=_devices)
+
+    t = sub.add_parser("train", help="train a network on MNIST (default) or your data",
+                       description="Train a network. With no arguments: SimpleConvNet on the full "
+                                   "MNIST set if it is cached or can be downloaded, else on the "
+                                   "bundled MNIST (8,000 train / 2,000 validation images).")
+    t.add_argument("--model", choices=MODELS, default="simple", help="network (default: simple)")
+    t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, torch, jax, ...")
+    t.add_argument("--epochs", type=_positive_int, default=20, help="passes over the data (default: 20)")
+    t.add_argument("--batch-size", type=_positive_int, default=100, help="mini-batch size (default: 100)")
+    t.add_argument("--optimizer", default="Adam", type=_optimizer_name,
+                   help=f"one of {', '.join(OPTIMIZERS)} (default: Adam)")
+    t.add_argument("--lr", type=float, default=0.001, help="learning rate (default: 0.001)")
+    t.add_argument("--data", default=None,
+                   help="mnist, mnist-bundled or PATH.npz (x: (N, C, H, W), t: (N,)); "
+                        "default: mnist, falling back to mnist-bundled offline")
+    t.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default: 0)")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--save", metavar="PATH", help="write the trained parameters here (.npz)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.set_defaults(run=_train)
+
+    f = sub.add_parser("filters", help="draw the first layer's filters of saved parameters")
+    f.add_argument("params", metavar="PARAMS", help="file written by --save / save_params")
+    f.add_argument("--out", default="filters.png", help="image to write (default: filters.png)")
+    f.set_defaults(run=_filters)
+
+    b = sub.add_parser("bench", help="run bench/run.py (from a source checkout)", add_help=False)
+    b.add_argument("rest", nargs=argparse.REMAINDER)
+    b.set_defaults(run=_bench)
+    return p
+
+
+# --------------------------------------------------------------------------- commands
+
+def _devices(args) -> int:
+    from .devices import available_devices, device
+    for spec in available_devices():
+        print(f"{spec:28s} {device(spec).xp.__name__}")
+    from .devices import _cupy_problem
+    if not any(s.startswith("cuda") for s in available_devices()):
+        print(f"(no CuPy GPU: {_cupy_problem()})")
+    return 0
+
+
+def _train(args) -> int:
+    from . import DeepConvNet, LeNet, SimpleConvNet, Trainer
+    from .datasets import DatasetUnavailableError, load_dataset
+    from .devices import device
+
+    dev = device(args.device)
+    name = args.data or "mnist"
+    try:
+        (x_train, t_train), (x_test, t_test) = load_dataset(name)
+    except DatasetUnavailableError as exc:
+        if args.data is not None:
+            raise
+        first = str(exc).splitlines()[0]
+        print(f"full MNIST unavailable ({first}); using the bundled MNIST test set instead "
+              f"(8,000 train / 2,000 validation)", file=sys.stderr)
+        name = "mnist-bundled"
+        (x_train, t_train), (x_test, t_test) = load_dataset(name)
+    classes = int(max(t_train.max(), t_test.max())) + 1
+    input_dim = tuple(x_train.shape[1:])
+    model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]
+    kwargs = dict(input_dim=input_dim, output_size=classes, device=dev, dtype=args.dtype, seed=args.seed)
+    network = model_class(**kwargs)
+    print(f"xpconv train: {model_class.__name__} on {dev} ({dev.xp.__name__}), data {name}: "
+          f"{len(x_train)} train / {len(x_test)} test images {input_dim}, {args.optimizer} lr={args.lr}, "
+          f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    trainer = Trainer(network, x_train, t_train, x_test, t_test, epochs=args.epochs,
+                      mini_batch_size=args.batch_size, optimizer=args.optimizer,
+                      optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed)
+    start = time.perf_counter()
+    trainer.train()
+    total = time.perf_counter() - start
+    per_epoch = sorted(trainer.epoch_seconds)[len(trainer.epoch_seconds) // 2]
+    print(f"summary: test accuracy {trainer.test_acc:.4f} on {len(x_test)} images ({name}); "
+          f"{per_epoch:.2f} s/epoch (median), {total:.1f} s in total on {dev}")
+    if args.save:
+        network.save_params(args.save)
+        print(f"saved parameters to {args.save} (load with {model_class.__name__}("
+              f"input_dim={input_dim}, output_size={classes}).load_params({args.save!r}))")
+    return 0
+
+
+def _filters(args) -> int:
+    from .plot import save_filter_grid
+    from .serialization import load_arrays
+    arrays, meta = load_arrays(args.params, who="xpconv filters")
+    first = next((k for k, v in arrays.items() if v.ndim == 4), None)
+    if first is None:
+        raise ValueError(f"{args.params}: no 4-D filter array (FN, C, FH, FW) in it; has {list(arrays)}")
+    save_filter_grid(arrays[first], args.out, title=f"{first} of {Path(args.params).name}")
+    print(f"wrote {args.out}: {arrays[first].shape[0]} filters of {first} {arrays[first].shape}")
+    return 0
+
+
+def _bench(args) -> int:
+    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (root / "bench" / "run.py").is_file():
+            sys.path.insert(0, str(root))
+            from bench.run import main as bench_main
+            return bench_main(args.rest) or 0
+    raise RuntimeError("xpconv bench: bench/run.py not found; run it from a source checkout of xpconv")
+
+
+# --------------------------------------------------------------------------- argument types
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text}")
+    return value
+
+
+def _optimizer_name(text: str) -> str:
+    for name in OPTIMIZERS:
+        if name.lower() == text.lower():
+            return name
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(OPTIMIZERS)}; got {text!r}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

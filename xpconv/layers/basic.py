@@ -1,0 +1,254 @@
+"""The book's simple layers: Affine, Relu, Sigmoid, Flatten and Dropout.
+
+Each layer has the book's ``forward``/``backward`` interface, takes its namespace
+from its input and returns arrays of the input's dtype on the input's device.
+"""
+from __future__ import annotations
+
+import math
+
+from array_api_compat import array_namespace
+
+from .._checks import check_array, check_floating, check_ndim, check_same_place
+from ..devices import device_scope, from_host, host_rng
+
+__all__ = ["Affine", "Relu", "Sigmoid", "Flatten", "Dropout"]
+
+
+def _check_dout(who: str, dout, ref, shape) -> None:
+    """``dout`` is a float array in ``ref``'s place with the forward output's ``shape``."""
+    check_floating(who, "dout", dout)
+    check_same_place(who, "the forward input", ref, dout=dout)
+    if tuple(dout.shape) != tuple(shape):
+        raise ValueError(f"{who}: expected dout of shape {tuple(shape)} (the forward output's); "
+                         f"got {tuple(dout.shape)}")
+
+
+def _need_forward(who: str, state) -> None:
+    if state is None:
+        raise RuntimeError(f"{who}: call forward first")
+
+
+class Affine:
+    """Fully connected layer ``out = x @ W + b``.
+
+    Args:
+        W: weights, (D, M).
+        b: bias, (M,); same library, device and dtype as W.
+
+    Shape:
+        forward:  x (N, D) or (N, d1, d2, ...) with d1*d2*... = D  ->  (N, M)
+        backward: dout (N, M)  ->  dx in x's original shape; sets ``dW`` (D, M), ``db`` (M,)
+
+    Like the book, ``forward`` flattens any input to (N, D) and remembers
+    ``original_x_shape`` so that ``backward`` can give dx back in that shape.
+    """
+
+    def __init__(self, W, b):
+        who = "Affine"
+        check_floating(who, "W", W)
+        check_ndim(who, "W", W, 2, "(D, M)")
+        if b is None:
+            raise TypeError(f"{who}: expected b of shape (M,) = ({W.shape[1]},); got None")
+        check_same_place(who, "W", W, b=b)
+        if tuple(b.shape) != (W.shape[1],):
+            raise ValueError(f"{who}: expected b of shape (M,) = ({W.shape[1]},) for W of shape "
+                             f"{tuple(W.shape)}; got {tuple(b.shape)}")
+        self.W, self.b = W, b
+        self.x = None                  # flattened input (N, D), kept for backward
+        self.original_x_shape = None
+        self.dW = self.db = None
+
+    def forward(self, x):
+        who = "Affine.forward"
+        check_floating(who, "x", x)
+        if x.ndim < 1:
+            raise ValueError(f"{who}: expected x of shape (N, D) or (N, ...); got a 0-D array")
+        check_same_place(who, "W", self.W, x=x)
+        xp = array_namespace(x)
+        D = self.W.shape[0]
+        features = math.prod(x.shape[1:])
+        if x.ndim < 2 or features != D:
+            raise ValueError(f"{who}: expected x of shape (N, D) with D={D} features "
+                             f"(or (N, ...) whose trailing sizes multiply to {D}) for W of shape "
+                             f"{tuple(self.W.shape)}; got {tuple(x.shape)}")
+        self.original_x_shape = tuple(x.shape)
+        with device_scope(x):
+            self.x = xp.reshape(x, (x.shape[0], D))                      # (N, D)
+            return self.x @ self.W + self.b                              # (N, M)
+
+    def backward(self, dout):
+        who = "Affine.backward"
+        _need_forward(who, self.x)
+        _check_dout(who, dout, self.x, (self.x.shape[0], self.W.shape[1]))
+        xp = array_namespace(dout)
+        with device_scope(dout):
+            dx = dout @ xp.matrix_transpose(self.W)                      # (N, D)
+            self.dW = xp.matrix_transpose(self.x) @ dout                 # (D, M)
+            self.db = xp.sum(dout, axis=0)                               # (M,)
+            return xp.reshape(dx, self.original_x_shape)
+
+    def __repr__(self) -> str:
+        return f"Affine({self.W.shape[0]}->{self.W.shape[1]})"
+
+
+class Relu:
+    """``out = max(x, 0)``; NaN stays NaN (like ``torch.relu``).
+
+    Keeps the output (not a boolean mask) for backward, which passes ``dout`` where
+    ``out`` is not <= 0, again like PyTorch: the gradient is 0 for x <= 0, ``dout``
+    for x > 0, and ``dout`` where x is NaN.
+
+    Shape:
+        forward:  x (any)  ->  same shape;  backward: dout (same)  ->  dx (same)
+    """
+
+    def __init__(self):
+        self.out = None
+
+    def forward(self, x):
+        check_floating("Relu.forward", "x", x)
+        xp = array_namespace(x)
+        with device_scope(x):
+            self.out = xp.maximum(x, 0.0)          # maximum propagates NaN
+        return self.out
+
+    def backward(self, dout):
+        who = "Relu.backward"
+        _need_forward(who, self.out)
+        _check_dout(who, dout, self.out, self.out.shape)
+        xp = array_namespace(dout)
+        with device_scope(dout):
+            return xp.where(self.out <= 0, 0.0, dout)
+
+    def __repr__(self) -> str:
+        return "Relu()"
+
+
+class Sigmoid:
+    """``out = 1 / (1 + exp(-x))``, computed without overflow for any x.
+
+    With ``e = exp(-|x|)`` (never above 1): ``out = 1 / (1 + e)`` for x >= 0 and
+    ``e / (1 + e)`` for x < 0. Backward: ``dx = dout * out * (1 - out)``.
+
+    Shape:
+        forward:  x (any)  ->  same shape;  backward: dout (same)  ->  dx (same)
+    """
+
+    def __init__(self):
+        self.out = None
+
+    def forward(self, x):
+        check_floating("Sigmoid.forward", "x", x)
+        xp = array_namespace(x)
+        with device_scope(x):
+            e = xp.exp(-xp.abs(x))
+            self.out = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+        return self.out
+
+    def backward(self, dout):
+        who = "Sigmoid.backward"
+        _need_forward(who, self.out)
+        _check_dout(who, dout, self.out, self.out.shape)
+        with device_scope(dout):
+            return dout * self.out * (1.0 - self.out)
+
+    def __repr__(self) -> str:
+        return "Sigmoid()"
+
+
+class Flatten:
+    """Flattens every sample: (N, d1, d2, ...) -> (N, d1*d2*...), and back in backward.
+
+    Shape:
+        forward:  x (N, ...)  ->  (N, prod(...));  backward: dout (N, prod(...))  ->  dx (N, ...)
+    """
+
+    def __init__(self):
+        self.original_x_shape = None
+
+    def forward(self, x):
+        who = "Flatten.forward"
+        check_array(who, "x", x)
+        if x.ndim < 1:
+            raise ValueError(f"{who}: expected x of shape (N, ...) with at least 1 dimension; "
+                             f"got a 0-D array")
+        xp = array_namespace(x)
+        self.original_x_shape = tuple(x.shape)
+        with device_scope(x):
+            return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))   # (N, prod)
+
+    def backward(self, dout):
+        who = "Flatten.backward"
+        _need_forward(who, self.original_x_shape)
+        N = self.original_x_shape[0]
+        expected = (N, math.prod(self.original_x_shape[1:]))
+        check_array(who, "dout", dout)
+        if tuple(dout.shape) != expected:
+            raise ValueError(f"{who}: expected dout of shape {expected} (the forward output's); "
+                             f"got {tuple(dout.shape)}")
+        xp = array_namespace(dout)
+        with device_scope(dout):
+            return xp.reshape(dout, self.original_x_shape)
+
+    def __repr__(self) -> str:
+        return "Flatten()"
+
+
+class Dropout:
+    """The book's (non-inverted) dropout.
+
+    Training: ``out = x * mask`` with ``mask`` keeping each element with probability
+    ``1 - dropout_ratio``. Test (``train_flg=False``): ``out = x * (1 - dropout_ratio)``,
+    so that the expected output matches training. (PyTorch's dropout is "inverted":
+    it scales by ``1/(1-p)`` in training and does nothing at test time.)
+
+    The Array API has no random numbers, so the mask is drawn on the host from
+    ``numpy.random.default_rng(seed)`` (one generator per layer: each forward draws a
+    new mask, reproducibly for a given seed) and moved once to x's device.
+
+    Args:
+        dropout_ratio: probability of dropping an element, in [0, 1].
+        seed: seed (or ``numpy.random.Generator``) for the masks; None for fresh entropy.
+
+    Shape:
+        forward:  x (any)  ->  same shape;  backward: dout (same)  ->  dx = dout * mask
+    """
+
+    def __init__(self, dropout_ratio=0.5, seed=None):
+        who = "Dropout"
+        if (isinstance(dropout_ratio, bool) or not isinstance(dropout_ratio, (int, float))
+                or not 0.0 <= dropout_ratio <= 1.0):
+            raise ValueError(f"{who}: expected dropout_ratio in [0, 1]; got {dropout_ratio!r}")
+        self.dropout_ratio = float(dropout_ratio)
+        self._rng = host_rng(seed)
+        self.mask = None              # boolean keep-mask of the last training forward
+        self._scale = None            # the same mask (or 1 - ratio at test time) in x's dtype
+
+    def forward(self, x, train_flg=True):
+        check_floating("Dropout.forward", "x", x)
+        xp = array_namespace(x)
+        with device_scope(x):
+            if train_flg:
+                keep = self._rng.random(tuple(x.shape)) > self.dropout_ratio   # host bool
+                self.mask = from_host(keep, like=x)
+                self._scale = xp.astype(self.mask, x.dtype)
+                return x * self._scale
+            self.mask = None
+            self._scale = 1.0 - self.dropout_ratio
+            return x * self._scale
+
+    def backward(self, dout):
+        who = "Dropout.backward"
+        _need_forward(who, self._scale)
+        check_floating(who, "dout", dout)
+        if self.mask is not None:
+            check_same_place(who, "the mask (forward input's place)", self._scale, dout=dout)
+            if tuple(dout.shape) != tuple(self.mask.shape):
+                raise ValueError(f"{who}: expected dout of shape {tuple(self.mask.shape)} "
+                                 f"(the forward output's); got {tuple(dout.shape)}")
+        with device_scope(dout):
+            return dout * self._scale
+
+    def __repr__(self) -> str:
+        return f"Dropout(dropout_ratio={self.dropout_ratio})"

@@ -1,0 +1,156 @@
+"""Batch normalization (the book's ``BatchNormalization``, per channel like PyTorch)."""
+from __future__ import annotations
+
+import math
+
+from array_api_compat import array_namespace
+
+from .._checks import check_floating, check_ndim, check_same_place
+from ..devices import device_scope
+
+__all__ = ["BatchNormalization"]
+
+
+class BatchNormalization:
+    """Batch normalization with learned scale ``gamma`` and shift ``beta``.
+
+    ``out = gamma * (x - mean) / sqrt(var + eps) + beta``, per feature of a 2-D input and
+    per channel of a 4-D input (statistics over N, H and W, like PyTorch's
+    ``BatchNorm2d``; the book instead flattens 4-D input to (N, C*H*W) and normalises
+    every pixel separately).
+
+    Training (``train_flg=True``) normalises with the batch mean and the *biased*
+    batch variance, then updates the running statistics as PyTorch does::
+
+        running_mean = momentum * running_mean + (1 - momentum) * mean
+        running_var  = momentum * running_var  + (1 - momentum) * var * m / (m - 1)
+
+    where ``m`` is the number of values per feature (N, or N*H*W) and ``var * m/(m-1)``
+    is the unbiased variance. The book's ``momentum`` is the weight of the *old*
+    value, so the default 0.9 equals PyTorch's ``momentum=0.1``. Inference
+    (``train_flg=False``) normalises with the running statistics. They start as
+    zeros (mean) and ones (variance), like PyTorch, unless given.
+
+    Backward (training), with ``xn`` the normalised input and means over the ``m``
+    values of each feature::
+
+        dx     = gamma / sqrt(var + eps) * (dout - mean(dout) - xn * mean(dout * xn))
+        dgamma = sum(dout * xn),  dbeta = sum(dout)
+
+    After an inference forward, backward treats the running statistics as constants:
+    ``dx = gamma / sqrt(running_var + eps) * dout``.
+
+    Args:
+        gamma, beta: scale and shift, (D,) or (C,).
+        momentum: weight of the old running statistics, in [0, 1] (book: 0.9).
+        running_mean, running_var: initial running statistics, (D,) or (C,).
+        eps: added to the variance (PyTorch's default 1e-5; the book uses 1e-6).
+
+    Shape:
+        forward:  x (N, D) or (N, C, H, W)  ->  same shape
+        backward: dout (same)  ->  dx (same); sets ``dgamma``, ``dbeta`` like gamma
+    """
+
+    def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None, eps=1e-5):
+        who = "BatchNormalization"
+        check_floating(who, "gamma", gamma)
+        check_ndim(who, "gamma", gamma, 1, "(D,) or (C,)")
+        check_same_place(who, "gamma", gamma, beta=beta, running_mean=running_mean,
+                         running_var=running_var)
+        if beta is None:
+            raise TypeError(f"{who}: expected beta of shape {tuple(gamma.shape)}; got None")
+        for name, arr in (("beta", beta), ("running_mean", running_mean), ("running_var", running_var)):
+            if arr is not None and tuple(arr.shape) != tuple(gamma.shape):
+                raise ValueError(f"{who}: expected {name} of shape {tuple(gamma.shape)} (gamma's); "
+                                 f"got {tuple(arr.shape)}")
+        if (isinstance(momentum, bool) or not isinstance(momentum, (int, float))
+                or not 0.0 <= momentum <= 1.0):
+            raise ValueError(f"{who}: expected momentum in [0, 1] (weight of the old running "
+                             f"statistics; the book uses 0.9); got {momentum!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"{who}: expected eps > 0; got {eps!r}")
+        xp = array_namespace(gamma)
+        with device_scope(gamma):
+            if running_mean is None:
+                running_mean = xp.zeros_like(gamma)
+            if running_var is None:
+                running_var = xp.ones_like(gamma)
+        self.gamma, self.beta = gamma, beta
+        self.momentum, self.eps = float(momentum), float(eps)
+        self.running_mean, self.running_var = running_mean, running_var
+        self.input_shape = None
+        self.batch_size = None
+        self.xn = None                 # normalised input, kept for backward
+        self.std = None                # sqrt(var + eps), broadcastable against x
+        self._train = None
+        self.dgamma = self.dbeta = None
+
+    def forward(self, x, train_flg=True):
+        who = "BatchNormalization.forward"
+        check_floating(who, "x", x)
+        if x.ndim not in (2, 4):
+            raise ValueError(f"{who}: expected x of shape (N, D) (2-D) or (N, C, H, W) (4-D); "
+                             f"got shape {tuple(x.shape)} ({x.ndim}-D)")
+        check_same_place(who, "gamma", self.gamma, x=x)
+        D = self.gamma.shape[0]
+        if x.shape[1] != D:
+            layout = "(N, D)" if x.ndim == 2 else "(N, C, H, W)"
+            raise ValueError(f"{who}: expected x of shape {layout} with {D} "
+                             f"{'features' if x.ndim == 2 else 'channels'} (gamma's size); "
+                             f"got {tuple(x.shape)}")
+        axes, shape = _axes_and_shape(x.ndim, D)
+        m = math.prod(x.shape[i] for i in axes)   # values per feature
+        xp = array_namespace(x)
+        self.input_shape = tuple(x.shape)
+        self.batch_size = x.shape[0]
+        with device_scope(x):
+            if train_flg:
+                if m < 2:
+                    raise ValueError(f"{who}: training needs more than 1 value per "
+                                     f"{'feature' if x.ndim == 2 else 'channel'} to estimate a "
+                                     f"variance; got x of shape {tuple(x.shape)}")
+                mu = xp.mean(x, axis=axes)                                # (D,)
+                xc = x - xp.reshape(mu, shape)
+                var = xp.mean(xc * xc, axis=axes)                         # biased, (D,)
+                self.std = xp.sqrt(xp.reshape(var, shape) + self.eps)
+                self.xn = xc / self.std
+                mom = self.momentum
+                self.running_mean = mom * self.running_mean + (1.0 - mom) * mu
+                self.running_var = mom * self.running_var + (1.0 - mom) * (m / (m - 1)) * var
+            else:
+                self.std = xp.sqrt(xp.reshape(self.running_var, shape) + self.eps)
+                self.xn = (x - xp.reshape(self.running_mean, shape)) / self.std
+            self._train = bool(train_flg)
+            return xp.reshape(self.gamma, shape) * self.xn + xp.reshape(self.beta, shape)
+
+    def backward(self, dout):
+        who = "BatchNormalization.backward"
+        if self.xn is None:
+            raise RuntimeError(f"{who}: call forward first")
+        check_floating(who, "dout", dout)
+        check_same_place(who, "the forward input", self.xn, dout=dout)
+        if tuple(dout.shape) != self.input_shape:
+            raise ValueError(f"{who}: expected dout of shape {self.input_shape} (the forward "
+                             f"output's); got {tuple(dout.shape)}")
+        xp = array_namespace(dout)
+        axes, shape = _axes_and_shape(dout.ndim, self.gamma.shape[0])
+        with device_scope(dout):
+            self.dbeta = xp.sum(dout, axis=axes)
+            self.dgamma = xp.sum(dout * self.xn, axis=axes)
+            scale = xp.reshape(self.gamma, shape) / self.std
+            if not self._train:
+                return scale * dout
+            mean_dout = xp.mean(dout, axis=axes, keepdims=True)
+            mean_dout_xn = xp.mean(dout * self.xn, axis=axes, keepdims=True)
+            return scale * (dout - mean_dout - self.xn * mean_dout_xn)
+
+    def __repr__(self) -> str:
+        return (f"BatchNormalization({self.gamma.shape[0]}, momentum={self.momentum}, "
+                f"eps={self.eps})")
+
+
+def _axes_and_shape(ndim: int, D: int):
+    """Reduction axes and the broadcast shape of per-feature arrays."""
+    if ndim == 2:
+        return (0,), (1, D)
+    return (0, 2, 3), (1, D, 1, 1)

@@ -1,0 +1,147 @@
+"""Training loop: the book's ``common/trainer.py`` interface, on any device."""
+from __future__ import annotations
+
+import math
+import time
+
+from array_api_compat import array_namespace
+
+from .devices import host_rng, to_numpy
+from .optimizers import get_optimizer
+
+__all__ = ["Trainer", "TrainingDiverged"]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The training loss became NaN or infinite."""
+
+
+class Trainer:
+    """Mini-batch training of a network with one of the book's optimizers.
+
+    Args:
+        network: a model with ``gradient``, ``loss``, ``accuracy``, ``params`` and
+            ``device`` (SimpleConvNet, DeepConvNet, LeNet, Sequential).
+        x_train, t_train, x_test, t_test: host NumPy arrays; moved to the network's
+            device once, before training.
+        epochs: passes over the training set; each epoch visits every sample once in
+            a fresh random order (the book samples with replacement instead).
+        mini_batch_size: samples per step; the last, smaller batch of an epoch is kept.
+        optimizer: a name ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+            or an optimizer object with ``update(params, grads)``.
+        optimizer_param: keyword arguments of the optimizer, e.g. ``{"lr": 0.01}``.
+        evaluate_sample_num_per_epoch: evaluate accuracy on this many samples per
+            epoch (None: all).
+        verbose: show a progress bar and per-epoch accuracies.
+        seed: seed of the host RNG that shuffles the batches.
+
+    After ``train()``: ``train_loss_list`` (every step), ``train_acc_list``,
+    ``test_acc_list`` and ``epoch_seconds`` (one per epoch), ``test_acc`` (final, on
+    the whole test set).
+    """
+
+    def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20, mini_batch_size=100,
+                 optimizer="SGD", optimizer_param={"lr": 0.01}, evaluate_sample_num_per_epoch=None,
+                 verbose=True, *, seed=None):
+        if len(x_train) != len(t_train) or len(x_test) != len(t_test):
+            raise ValueError(f"Trainer: x and t must have the same length; got train {len(x_train)} vs "
+                             f"{len(t_train)}, test {len(x_test)} vs {len(t_test)}")
+        if len(x_train) == 0:
+            raise ValueError("Trainer: the training set is empty")
+        if not (isinstance(epochs, int) and epochs >= 1 and isinstance(mini_batch_size, int)
+                and mini_batch_size >= 1):
+            raise ValueError(f"Trainer: expected epochs >= 1 and mini_batch_size >= 1 (ints); "
+                             f"got {epochs!r}, {mini_batch_size!r}")
+        self.network = network
+        dev = network.device
+        self.x_train, self.t_train = network._input(x_train), network._labels(t_train)
+        self.x_test, self.t_test = network._input(x_test), network._labels(t_test)
+        self.epochs, self.batch_size = epochs, mini_batch_size
+        self.optimizer = (get_optimizer(optimizer, **optimizer_param) if isinstance(optimizer, str)
+                          else optimizer)
+        self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
+        self.verbose = verbose
+        self.rng = host_rng(seed)
+        self._device = dev
+        self.train_loss_list: list[float] = []
+        self.train_acc_list: list[float] = []
+        self.test_acc_list: list[float] = []
+        self.epoch_seconds: list[float] = []
+        self.test_acc: float | None = None
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.x_train) / self.batch_size)
+
+    def train_step(self, x_batch, t_batch) -> float:
+        """One optimizer step on a batch already on the device; returns the loss."""
+        grads = self.network.gradient(x_batch, t_batch)
+        self.optimizer.update(self.network.params, grads)
+        loss = float(to_numpy(self.network.last_layer.loss))
+        if not math.isfinite(loss):
+            lr = getattr(self.optimizer, "lr", "?")
+            raise TrainingDiverged(
+                f"Trainer: the loss became {loss} at step {len(self.train_loss_list) + 1} "
+                f"(epoch {len(self.epoch_seconds) + 1}); the model diverged. Try a smaller learning "
+                f"rate (now {lr}) or another optimizer (e.g. optimizer='Adam', lr=0.001)")
+        self.train_loss_list.append(loss)
+        return loss
+
+    def train(self):
+        """Run every epoch; returns self."""
+        xp = array_namespace(self.x_train)
+        n = len(self.x_train)
+        bar = _progress(self.epochs * self.steps_per_epoch, self.verbose)
+        try:
+            for epoch in range(1, self.epochs + 1):
+                start = time.perf_counter()
+                order = self.rng.permutation(n)
+                for s in range(0, n, self.batch_size):
+                    idx = self._device.asarray(order[s:s + self.batch_size])
+                    loss = self.train_step(xp.take(self.x_train, idx, axis=0),
+                                           xp.take(self.t_train, idx, axis=0))
+                    bar.update(1)
+                    bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", refresh=False)
+                self.epoch_seconds.append(time.perf_counter() - start)
+                train_acc, test_acc = self._evaluate()
+                self.train_acc_list.append(train_acc)
+                self.test_acc_list.append(test_acc)
+                if self.verbose:
+                    bar.write(f"epoch {epoch:>3}/{self.epochs}: loss {loss:.4f}  train acc {train_acc:.4f}  "
+                              f"test acc {test_acc:.4f}  ({self.epoch_seconds[-1]:.1f} s)")
+        finally:
+            bar.close()
+        self.test_acc = self.network.accuracy(self.x_test, self.t_test)
+        if self.verbose:
+            print(f"=============== Final Test Accuracy ===============\ntest acc: {self.test_acc:.4f}")
+        return self
+
+    def _evaluate(self) -> tuple[float, float]:
+        k = self.evaluate_sample_num_per_epoch
+        xs, ts = self.x_train, self.t_train
+        xt, tt = self.x_test, self.t_test
+        if k is not None:
+            xs, ts, xt, tt = xs[:k, ...], ts[:k, ...], xt[:k, ...], tt[:k, ...]
+        return self.network.accuracy(xs, ts), self.network.accuracy(xt, tt)
+
+
+def _progress(total: int, enabled: bool):
+    """A tqdm bar, or a silent stand-in with the same methods."""
+    if enabled:
+        from tqdm.auto import tqdm
+        return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+
+    class _Silent:
+        def update(self, n):
+            pass
+
+        def set_postfix(self, **kw):
+            pass
+
+        def write(self, s):
+            print(s)
+
+        def close(self):
+            pass
+
+    return _Silent()

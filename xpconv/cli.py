@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="mnist, mnist-bundled or PATH.npz (x: (N, C, H, W), t: (N,)); "
                         "default: mnist, falling back to mnist-bundled offline")
     t.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default: 0)")
+    t.add_argument("--limit", type=_positive_int, default=None, metavar="N",
+                   help="use only the first N training and test images (quick trials)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters here (.npz)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -90,6 +92,8 @@ def _train(args) -> int:
               f"(8,000 train / 2,000 validation)", file=sys.stderr)
         name = "mnist-bundled"
         (x_train, t_train), (x_test, t_test) = load_dataset(name)
+    if args.limit:
+        x_train, t_train, x_test, t_test = (a[:args.limit] for a in (x_train, t_train, x_test, t_test))
     classes = int(max(t_train.max(), t_test.max())) + 1
     input_dim = tuple(x_train.shape[1:])
     model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]

@@ -74,7 +74,7 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0, dilation=1, ro
     with device_scope(col):
         cols = xp.reshape(col, (N, OH, OW, C, geom.taps))
         cols = xp.permute_dims(cols, (0, 3, 4, 1, 2))                   # (N, C, K, OH, OW)
-        return _windows.fold((cols[:, :, k] for k in range(geom.taps)), geom, col, (N, C, H, W))
+        return _windows.fold((cols[:, :, k, ...] for k in range(geom.taps)), geom, col, (N, C, H, W))
 
 
 # ============================================================================ convolution
@@ -164,7 +164,7 @@ def conv2d_grads(dy, x, w, geom: Window2d, groups: int, *, input_grad: bool = Tr
         dw += xp.sum(g @ xp.matrix_transpose(c), axis=0)
         if input_grad:
             dcols = xp.reshape(xp.matrix_transpose(wmat) @ g, (n, C, geom.taps, OH, OW))
-            part = _windows.fold((dcols[:, :, k] for k in range(geom.taps)), geom, x, (n, C, H, W))
+            part = _windows.fold((dcols[:, :, k, ...] for k in range(geom.taps)), geom, x, (n, C, H, W))
             dx = part if len(chunks) == 1 else _set_rows(dx, n0, n1, part)
     return dx, xp.reshape(dw, w.shape), db
 

@@ -124,9 +124,10 @@ class Sequential:
             raise ValueError(f"{type(self).__name__}.accuracy: got an empty batch")
         correct = 0
         for start in range(0, n, batch_size):
-            y = self.predict(x[start:start + batch_size, ...])
+            stop = min(start + batch_size, n)          # slice stops must stay in bounds
+            y = self.predict(x[start:stop, ...])
             xp = array_namespace(y)
-            tt = self._labels(t[start:start + batch_size, ...])
+            tt = self._labels(t[start:stop, ...])
             if tt.ndim != 1:
                 tt = xp.argmax(tt, axis=1)
             correct += int(xp.sum(xp.astype(xp.argmax(y, axis=1) == tt, xp.int64)))

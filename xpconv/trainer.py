@@ -71,7 +71,7 @@ class Trainer:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.x_train) / self.batch_size)
+        return math.ceil(self.x_train.shape[0] / self.batch_size)
 
     def train_step(self, x_batch, t_batch) -> float:
         """One optimizer step on a batch already on the device; returns the loss."""
@@ -90,7 +90,7 @@ class Trainer:
     def train(self):
         """Run every epoch; returns self."""
         xp = array_namespace(self.x_train)
-        n = len(self.x_train)
+        n = self.x_train.shape[0]
         bar = _progress(self.epochs * self.steps_per_epoch, self.verbose)
         try:
             for epoch in range(1, self.epochs + 1):
@@ -121,7 +121,8 @@ class Trainer:
         xs, ts = self.x_train, self.t_train
         xt, tt = self.x_test, self.t_test
         if k is not None:
-            xs, ts, xt, tt = xs[:k, ...], ts[:k, ...], xt[:k, ...], tt[:k, ...]
+            k1, k2 = min(k, xs.shape[0]), min(k, xt.shape[0])
+            xs, ts, xt, tt = xs[:k1, ...], ts[:k1, ...], xt[:k2, ...], tt[:k2, ...]
         return self.network.accuracy(xs, ts), self.network.accuracy(xt, tt)
 
 

@@ -159,7 +159,8 @@ def conv2d_grads(dy, x, w, geom: Window2d, groups: int, *, input_grad: bool = Tr
         dx = xp.empty(x.shape, dtype=x.dtype, device=device(x))
     for n0, n1 in chunks:
         n = n1 - n0
-        c = cols if cols is not None else _columns(x[n0:n1, ...], geom, groups)
+        # columns kept by forward cover the whole batch: usable only as a single chunk
+        c = cols if cols is not None and len(chunks) == 1 else _columns(x[n0:n1, ...], geom, groups)
         g = xp.reshape(dy[n0:n1, ...], (n, G, FN // G, OH * OW))        # (n, G, FN/G, P)
         dw += xp.sum(g @ xp.matrix_transpose(c), axis=0)
         if input_grad:
@@ -245,26 +246,41 @@ def max_pool2d_forward(x, geom: Window2d):
 
 
 def max_pool2d_grad(dy, x, y, geom: Window2d):
-    """Backward of max pooling given the forward output ``y``."""
+    """Backward of max pooling given the forward output ``y``.
+
+    As PyTorch: a window's gradient goes to its first maximum in row-major order; in a
+    window holding NaN (so ``y`` is NaN) it goes to the last NaN.
+    """
     xp = array_namespace(x)
     x_padded = _windows.pad(x, geom, value=-float("inf"))
-    nan_seen = bool(xp.any(xp.isnan(y)))
+    taps = [x_padded[:, :, r, c] for _, r, c in _windows.taps(geom)]
     zero = xp.zeros((), dtype=dy.dtype, device=device(dy))
+    last_nan = _last_nan_masks(taps) if bool(xp.any(xp.isnan(y))) else None
 
     def pieces():
         taken = None
-        for k, r, c in _windows.taps(geom):
-            tap = x_padded[:, :, r, c]
-            hit = tap == y
-            if nan_seen:
-                hit = hit | xp.isnan(tap)
+        for k, tap in enumerate(taps):
+            hit = tap == y                                   # never true for NaN
             if geom.padded:  # a -inf of the padding must not take a real -inf's gradient
                 hit = hit & _windows.inside_mask(geom, k // geom.w.k, k % geom.w.k, x)
             first = hit if taken is None else hit & ~taken
             taken = hit if taken is None else taken | hit
+            if last_nan is not None:
+                first = first | last_nan[k]
             yield xp.where(first, dy, zero)
 
     return _windows.fold(pieces(), geom, x, tuple(x.shape))
+
+
+def _last_nan_masks(taps):
+    """Per tap: NaN here and in no later tap of the window (PyTorch's choice among NaNs)."""
+    xp = array_namespace(taps[0])
+    masks, later = [None] * len(taps), None
+    for k in reversed(range(len(taps))):
+        nan = xp.isnan(taps[k])
+        masks[k] = nan if later is None else nan & ~later
+        later = nan if later is None else later | nan
+    return masks
 
 
 def avg_pool2d(x, kernel_size, stride=None, pad=0, rounding="exact", count_include_pad=True):

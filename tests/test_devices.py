@@ -1,0 +1,251 @@
+"""xpconv.device specs, available_devices, Device.asarray / to_numpy, and import hygiene."""
+from __future__ import annotations
+
+import io
+import pathlib
+import subprocess
+import sys
+import tokenize
+import types
+
+import numpy as np
+import pytest
+
+import xpconv
+import xpconv.devices as devices
+
+from conftest import assert_on, make_backend
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _installed(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def _gpu_usable():
+    return any(spec.startswith("cuda:") for spec in xpconv.available_devices())
+
+
+# ----------------------------------------------------------------------------- specs
+
+# spec, library, canonical str(device), module that must be installed
+SPECS = [
+    ("cpu", "numpy", "cpu", "numpy"),
+    ("numpy", "numpy", "cpu", "numpy"),
+    ("CPU", "numpy", "cpu", "numpy"),
+    ("torch", "torch", "torch:cpu", "torch"),
+    ("torch:cpu", "torch", "torch:cpu", "torch"),
+    ("jax", "jax", "jax:cpu:0", "jax"),
+    ("array_api_strict", "array_api_strict", "array_api_strict:CPU_DEVICE", "array_api_strict"),
+    ("array_api_strict:device1", "array_api_strict", "array_api_strict:device1", "array_api_strict"),
+]
+
+
+@pytest.mark.parametrize("spec, library, text, module", SPECS, ids=[s[0] for s in SPECS])
+def test_device_spec(spec, library, text, module):
+    if not _installed(module):
+        pytest.skip(f"{module} is not installed")
+    dev = xpconv.device(spec)
+    assert isinstance(dev, xpconv.Device)
+    assert dev.library == library
+    assert str(dev) == text
+    assert dev.spec == text
+    assert xpconv.device(dev) is dev  # a Device passes through
+    if library == "array_api_strict":
+        assert str(dev.native).split("'")[1] == text.split(":")[1]
+    a = dev.asarray(np.arange(6.0).reshape(2, 3), dtype="float32")
+    assert_on(dev, a)
+    assert a.dtype == dev.xp.float32
+    np.testing.assert_array_equal(xpconv.to_numpy(a), np.arange(6.0).reshape(2, 3))
+
+
+def test_device_auto():
+    expected = "cuda:0" if _gpu_usable() else "cpu"
+    assert str(xpconv.device("auto")) == expected
+    assert str(xpconv.device()) == "cpu"
+
+
+def test_device_default_is_cpu_numpy():
+    dev = xpconv.device()
+    assert dev.library == "numpy" and isinstance(dev.asarray([1.0, 2.0]), np.ndarray)
+
+
+@pytest.mark.parametrize("spec, why", [
+    ("cuda:x", "expected a GPU index"),
+    ("array_api_strict:nowhere", "device1"),     # the message lists the library's devices
+    ("nosuchlib", "unknown library 'nosuchlib'"),
+    ("numpy:1", "only the 'cpu' device"),
+    ("torch:nowhere", ""),
+], ids=["cuda:x", "strict:nowhere", "unknown-lib", "numpy:1", "torch:nowhere"])
+def test_device_unusable_spec_lists_available(spec, why):
+    if spec.startswith("torch") and not _installed("torch"):
+        pytest.skip("torch is not installed")
+    with pytest.raises(ValueError) as info:
+        xpconv.device(spec)
+    msg = str(info.value)
+    assert repr(spec) in msg
+    assert why in msg
+    assert "Usable here: " in msg
+    for usable in xpconv.available_devices():
+        assert usable in msg.split("Usable here: ")[1]
+
+
+def test_device_cuda_without_cupy_says_why():
+    if _gpu_usable():
+        pytest.skip("a CUDA GPU is usable here")
+    with pytest.raises(ValueError, match=r"device 'cuda' is not usable: CuPy .*Usable here: cpu"):
+        xpconv.device("cuda")
+
+
+@pytest.mark.parametrize("spec", [3, None, ("cpu",)], ids=["int", "None", "tuple"])
+def test_device_spec_not_a_string(spec):
+    with pytest.raises(TypeError, match=r"device: expected a spec string .*got " + repr(spec).replace("(", r"\(")
+                       .replace(")", r"\)")):
+        xpconv.device(spec)
+
+
+# ----------------------------------------------------------------------------- available_devices
+
+def test_available_devices_lists_strings():
+    specs = xpconv.available_devices()
+    assert isinstance(specs, list) and all(isinstance(s, str) for s in specs)
+    assert specs[0] == "cpu"
+    for spec in specs:  # every listed spec resolves
+        assert isinstance(xpconv.device(spec), xpconv.Device)
+
+
+class _ExplodingModule(types.ModuleType):
+    def __getattr__(self, name):
+        raise RuntimeError(f"broken cupy install: no {name}")
+
+
+def _broken_cupy_by_runtime():
+    def get_count():
+        raise RuntimeError("cudaErrorInsufficientDriver: CUDA driver version is insufficient")
+    mod = types.ModuleType("cupy")
+    mod.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_count))
+    return mod
+
+
+@pytest.mark.parametrize("make", [_broken_cupy_by_runtime, lambda: _ExplodingModule("cupy")],
+                         ids=["getDeviceCount-raises", "attribute-access-raises"])
+def test_available_devices_survives_broken_cupy(monkeypatch, make):
+    monkeypatch.setitem(sys.modules, "cupy", make())
+    monkeypatch.setattr(devices, "_CUPY_STATUS", None)
+    try:
+        specs = xpconv.available_devices()
+        assert "cpu" in specs and not any(s.startswith("cuda") for s in specs)
+        assert str(xpconv.device("auto")) == "cpu"
+        with pytest.raises(ValueError, match=r"device 'cuda' is not usable: CuPy is installed but cannot use a GPU"):
+            xpconv.device("cuda")
+    finally:
+        devices._CUPY_STATUS = None  # let the next caller probe the real CuPy again
+
+
+# ----------------------------------------------------------------------------- asarray / to_numpy
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_asarray_dtype_string_lands_on_device(backend, dtype):
+    a = backend.asarray([[1.0, 2.0], [3.0, 4.5]], dtype=dtype)
+    assert_on(backend, a)
+    assert a.dtype == backend.dtype(dtype) == getattr(backend.xp, dtype)
+    b = backend.asarray(np.ones((2, 2), dtype="float64"), dtype=backend.dtype(dtype))  # a dtype object
+    assert_on(backend, b)
+    assert b.dtype == getattr(backend.xp, dtype)
+
+
+def test_asarray_of_own_array_stays(backend):
+    a = backend.asarray(np.arange(4.0), dtype="float64")
+    b = backend.asarray(a)
+    assert_on(backend, b)
+    np.testing.assert_array_equal(xpconv.to_numpy(b), np.arange(4.0))
+
+
+def test_dtype_unknown_name(backend):
+    with pytest.raises(ValueError, match=r"no dtype named 'float128x'"):
+        backend.asarray([1.0], dtype="float128x")
+
+
+def test_asarray_refuses_foreign_array(backend):
+    sources = [s for s in ("numpy", "torch", "jax", "array_api_strict")
+               if s != backend.library and _installed(s)]
+    assert sources
+    for source in sources:
+        foreign = make_backend(source).asarray(np.ones(3), dtype="float64")
+        if source == "numpy":
+            assert_on(backend, backend.asarray(foreign))  # host data is welcome
+            continue
+        with pytest.raises(TypeError, match=r"asarray: got a .*to_numpy"):
+            backend.asarray(foreign)
+
+
+def test_to_numpy_round_trip(backend, rng):
+    host = rng.standard_normal((2, 3, 4))
+    for dtype in ("float32", "float64"):
+        a = backend.asarray(host, dtype=dtype)
+        back = xpconv.to_numpy(a)
+        assert isinstance(back, np.ndarray)
+        assert back.dtype == np.dtype(dtype) and back.shape == host.shape
+        np.testing.assert_array_equal(back, host.astype(dtype))
+    view = backend.xp.permute_dims(backend.asarray(host, dtype="float64"), (2, 0, 1))
+    np.testing.assert_array_equal(xpconv.to_numpy(view), host.transpose(2, 0, 1))
+
+
+def test_to_numpy_of_host_values():
+    np.testing.assert_array_equal(xpconv.to_numpy(np.arange(3)), np.arange(3))
+    assert xpconv.to_numpy(np.float32(2.5)) == np.float32(2.5)
+
+
+def test_device_str_and_repr_readable():
+    dev = xpconv.device("cpu")
+    assert str(dev) == "cpu"
+    assert repr(dev) == "Device(spec='cpu')"
+    assert f"{dev}" == "cpu"
+
+
+# ----------------------------------------------------------------------------- module hygiene
+
+def _python(code):
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_import_is_lazy():
+    code = ("import sys, numpy as np, xpconv\n"
+            "x = np.ones((1, 1, 4, 4)); xpconv.functional.conv2d(x, np.ones((1, 1, 3, 3)))\n"
+            "xpconv.Pooling(2, 2).forward(x); xpconv.device('cpu')\n"
+            "print('torch' in sys.modules, 'jax' in sys.modules, 'cupy' in sys.modules)")
+    out = _python(code)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "False", "False"]
+
+
+@pytest.mark.parametrize("call", ["xpconv.available_devices()", "xpconv.device('array_api_strict')",
+                                  "xpconv.device('torch')", "xpconv.device('auto')"])
+def test_fresh_interpreter_device_calls(call):
+    """The first xpconv call in a fresh interpreter (nothing else imported) works."""
+    out = _python(f"import xpconv\nprint({call})")
+    assert out.returncode == 0, out.stderr.strip().splitlines()[-1:]
+
+
+def _code_text(path: pathlib.Path) -> str:
+    """The file's code with comments and string literals (docstrings, doctests) removed."""
+    tokens = tokenize.generate_tokens(io.StringIO(path.read_text()).readline)
+    return " ".join(t.string for t in tokens if t.type not in (tokenize.COMMENT, tokenize.STRING))
+
+
+OP_MODULES = ["xpconv/functional.py", "xpconv/_windows.py", "xpconv/_geometry.py"]
+
+
+@pytest.mark.parametrize("path", OP_MODULES + sorted(str(p.relative_to(ROOT))
+                                                     for p in (ROOT / "xpconv/layers").glob("*.py")))
+def test_only_devices_module_names_numpy_or_cupy(path):
+    code = _code_text(ROOT / path)
+    for needle in ("import numpy", "from numpy", "numpy .", "cupy"):
+        assert needle not in code, f"{path} mentions {needle!r} in its code"
+
+
+def test_devices_module_is_where_numpy_lives():
+    code = _code_text(ROOT / "xpconv/devices.py")
+    assert "import numpy" in code and "cupy" in code

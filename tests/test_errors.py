@@ -1,0 +1,393 @@
+"""Bad inputs: each raises the right exception type, naming the op or layer and the bad value."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import xpconv
+from xpconv import functional as F
+
+from conftest import make_backend
+
+
+def ones(*shape, dtype="float64"):
+    return np.ones(shape, dtype=dtype)
+
+
+X = ones(2, 3, 7, 7)      # (N, C, H, W)
+W = ones(4, 3, 3, 3)      # (FN, C, FH, FW)
+B = ones(4)
+
+
+def esc(value) -> str:
+    return re.escape(str(value))
+
+
+# ----------------------------------------------------------------------------- ranks
+
+def test_conv2d_x_wrong_ndim():
+    with pytest.raises(ValueError, match=r"conv2d: expected x of shape \(N, C, H, W\).*" + esc((3, 7, 7))):
+        F.conv2d(ones(3, 7, 7), W)
+
+
+def test_conv2d_w_wrong_ndim():
+    with pytest.raises(ValueError, match=r"conv2d: expected w .*" + esc((4, 3, 3))):
+        F.conv2d(X, ones(4, 3, 3))
+
+
+def test_convolution_layer_W_wrong_ndim():
+    with pytest.raises(ValueError, match=r"Convolution: expected W .*" + esc((4, 27))):
+        xpconv.Convolution(ones(4, 27), B)
+
+
+def test_conv2d_backward_dy_wrong_ndim():
+    with pytest.raises(ValueError, match=r"conv2d_backward: expected dy of shape \(2, 4, 5, 5\).*"
+                                         + esc((2, 4, 25))):
+        F.conv2d_backward(ones(2, 4, 25), X, W)
+
+
+def test_conv2d_backward_dy_wrong_shape():
+    with pytest.raises(ValueError, match=r"conv2d_backward: expected dy .*" + esc((2, 4, 6, 6))):
+        F.conv2d_backward(ones(2, 4, 6, 6), X, W)
+
+
+def test_max_pool2d_x_wrong_ndim():
+    with pytest.raises(ValueError, match=r"max_pool2d: expected x .*" + esc((7, 7))):
+        F.max_pool2d(ones(7, 7), 2)
+
+
+def test_avg_pool2d_backward_dy_wrong_ndim():
+    with pytest.raises(ValueError, match=r"avg_pool2d_backward: expected dy .*" + esc((2, 3, 49))):
+        F.avg_pool2d_backward(ones(2, 3, 49), X, 7)
+
+
+def test_layer_backward_dout_wrong_shape():
+    layer = xpconv.Pooling(7, 7)
+    layer.forward(X)
+    with pytest.raises(ValueError, match=r"Pooling.backward: expected dy .*" + esc((2, 3, 2, 2))):
+        layer.backward(ones(2, 3, 2, 2))
+
+
+# ----------------------------------------------------------------------------- channels and groups
+
+def test_conv2d_channel_mismatch():
+    with pytest.raises(ValueError, match=r"conv2d: channel mismatch: x has C=3.*" + esc((4, 2, 3, 3))):
+        F.conv2d(X, ones(4, 2, 3, 3))
+
+
+def test_conv2d_channel_mismatch_with_groups():
+    # C=4, groups=2 needs W of shape (FN, 2, FH, FW); (4, 4, 3, 3) is the groups=1 shape
+    with pytest.raises(ValueError, match=r"conv2d: channel mismatch.*C=4.*" + esc((4, 4, 3, 3)) + ".*groups=2"):
+        F.conv2d(ones(1, 4, 5, 5), ones(4, 4, 3, 3), groups=2)
+
+
+def test_convolution_layer_forward_channel_mismatch():
+    layer = xpconv.Convolution(W, B)
+    with pytest.raises(ValueError, match=r"Convolution: channel mismatch: x has C=5"):
+        layer.forward(ones(1, 5, 7, 7))
+
+
+def test_conv2d_groups_not_dividing_C():
+    with pytest.raises(ValueError, match=r"conv2d: groups=2 .*C=3"):
+        F.conv2d(X, ones(4, 1, 3, 3), groups=2)
+
+
+def test_conv2d_groups_not_dividing_FN():
+    with pytest.raises(ValueError, match=r"conv2d: groups=2 .*FN=3"):
+        F.conv2d(ones(1, 4, 5, 5), ones(3, 2, 3, 3), groups=2)
+
+
+@pytest.mark.parametrize("groups", [0, -1])
+def test_conv2d_groups_below_one(groups):
+    with pytest.raises(ValueError, match=rf"conv2d: expected groups >= 1; got {groups}"):
+        F.conv2d(X, W, groups=groups)
+
+
+def test_convolution_layer_groups_below_one():
+    with pytest.raises(ValueError, match=r"Convolution: expected groups >= 1; got 0"):
+        xpconv.Convolution(W, B, groups=0)
+
+
+def test_conv2d_groups_not_int():
+    with pytest.raises(TypeError, match=r"conv2d: expected groups to be an int; got 1.5"):
+        F.conv2d(X, W, groups=1.5)
+
+
+@pytest.mark.parametrize("shape", [(3,), (4, 1), (1, 4)], ids=["3", "4x1", "1x4"])
+def test_conv2d_bias_wrong_shape(shape):
+    with pytest.raises(ValueError, match=r"conv2d: expected b of shape \(FN,\) = \(4,\); got " + esc(shape)):
+        F.conv2d(X, W, ones(*shape))
+
+
+def test_convolution_layer_bias_wrong_shape():
+    with pytest.raises(ValueError, match=r"Convolution: expected b .*got " + esc((5,))):
+        xpconv.Convolution(W, ones(5))
+
+
+# ----------------------------------------------------------------------------- geometry
+
+def test_conv2d_kernel_larger_than_padded_input():
+    with pytest.raises(ValueError, match=r"conv2d: kernel 9 is larger than the padded input height 7 \+ 0 \+ 0 = 7"):
+        F.conv2d(X, ones(4, 3, 9, 9))
+
+
+def test_conv2d_dilated_kernel_larger_than_padded_input():
+    with pytest.raises(ValueError, match=r"conv2d: kernel 3 \(dilated to 9\) is larger .*7 \+ 0 \+ 0 = 7"):
+        F.conv2d(X, W, dilation=4)
+
+
+def test_max_pool2d_kernel_larger_than_input():
+    with pytest.raises(ValueError, match=r"max_pool2d: kernel 8 is larger .* 7"):
+        F.max_pool2d(X, 8)
+
+
+@pytest.mark.parametrize("stride", [0, -1, (1, 0)], ids=["0", "-1", "(1,0)"])
+def test_conv2d_stride_below_one(stride):
+    with pytest.raises(ValueError, match=r"conv2d: expected stride >= 1; got " + esc(stride)):
+        F.conv2d(X, W, stride=stride)
+
+
+def test_pooling_layer_stride_below_one():
+    with pytest.raises(ValueError, match=r"Pooling: expected stride >= 1; got 0"):
+        xpconv.Pooling(2, 2, stride=0)
+
+
+@pytest.mark.parametrize("dilation", [0, (2, 0)], ids=["0", "(2,0)"])
+def test_conv2d_dilation_below_one(dilation):
+    with pytest.raises(ValueError, match=r"conv2d: expected dilation >= 1; got " + esc(dilation)):
+        F.conv2d(X, W, dilation=dilation)
+
+
+def test_convolution_layer_dilation_below_one():
+    with pytest.raises(ValueError, match=r"Convolution: expected dilation >= 1; got 0"):
+        xpconv.Convolution(W, B, dilation=0)
+
+
+@pytest.mark.parametrize("pad", [-1, (0, -1), ((0, 0), (1, -2))], ids=["int", "hw", "tblr"])
+def test_conv2d_negative_padding(pad):
+    with pytest.raises(ValueError, match=r"conv2d: expected padding >= 0; got " + esc(pad)):
+        F.conv2d(X, W, pad=pad)
+
+
+@pytest.mark.parametrize("pad", [(1, 2, 3), ((1, 2), 3), ((1, 2, 3), (0, 0)), 1.5, None, [1]],
+                         ids=["triple", "mixed", "long-pair", "float", "None", "list1"])
+def test_conv2d_malformed_pad(pad):
+    with pytest.raises(TypeError, match=r"conv2d: expected pad to be an int.*got " + esc(repr(pad))):
+        F.conv2d(X, W, pad=pad)
+
+
+@pytest.mark.parametrize("pad", ["bogus", "SAME", ""])
+def test_conv2d_unknown_pad_word(pad):
+    with pytest.raises(ValueError, match=r"conv2d: expected pad .*got " + esc(repr(pad))):
+        F.conv2d(X, W, pad=pad)
+
+
+def test_conv2d_exact_rounding_does_not_tile():
+    with pytest.raises(ValueError, match=r"conv2d: windows do not tile the input height.*"
+                                         r"\(7 \+ 0 - 3\) / 3.*not an integer.*'floor'"):
+        F.conv2d(X, W, stride=3)
+
+
+def test_max_pool2d_exact_rounding_does_not_tile_mentions_floor_and_ceil():
+    with pytest.raises(ValueError, match=r"max_pool2d: windows do not tile.*\(7 \+ 0 - 2\) / 2.*'floor'.*'ceil'"):
+        F.max_pool2d(X, 2)
+
+
+def test_im2col_exact_rounding_does_not_tile():
+    with pytest.raises(ValueError, match=r"im2col: windows do not tile the input width.*\(6 \+ 2 - 3\) / 2.*'floor'"):
+        F.im2col(ones(1, 1, 7, 6), 3, 3, stride=(2, 2), pad=1)
+
+
+@pytest.mark.parametrize("rounding", ["ceil", "round", None])
+def test_conv2d_rounding_refused(rounding):
+    with pytest.raises(ValueError, match=r"conv2d: expected rounding in \('exact', 'floor'\); got " + esc(repr(rounding))):
+        F.conv2d(X, W, rounding=rounding)
+
+
+def test_convolution_layer_rounding_ceil_refused():
+    with pytest.raises(ValueError, match=r"Convolution: expected rounding .*got 'ceil'"):
+        xpconv.Convolution(W, B, rounding="ceil")
+
+
+def test_pool_rounding_invalid():
+    with pytest.raises(ValueError, match=r"avg_pool2d: expected rounding in .*got 'up'"):
+        F.avg_pool2d(X, 7, rounding="up")
+
+
+@pytest.mark.parametrize("pad", [2, (0, 2), ((0, 2), (0, 0))], ids=["int", "hw", "tblr"])
+def test_pooling_pad_more_than_half_kernel(pad):
+    with pytest.raises(ValueError, match=r"max_pool2d: pooling padding must be at most half the kernel.*"
+                                         r"kernel 3, so pad <= 1.*got \(\d, 2\)"):
+        F.max_pool2d(X, 3, stride=1, pad=pad)
+
+
+def test_pooling_layer_pad_more_than_half_kernel():
+    layer = xpconv.Pooling(2, 2, pad=2)  # 6 + 4 - 2 tiles with stride 2: only the pad is wrong
+    with pytest.raises(ValueError, match=r"Pooling: pooling padding must be at most half .*got \(2, 2\)"):
+        layer.forward(ones(1, 1, 6, 6))
+
+
+@pytest.mark.parametrize("mode", ["min", "MAX", None])
+def test_pooling_mode_invalid(mode):
+    with pytest.raises(ValueError, match=r"Pooling: expected mode in \('max', 'avg'\); got " + esc(repr(mode))):
+        xpconv.Pooling(2, 2, mode=mode)
+
+
+def test_pooling_layer_rounding_invalid():
+    with pytest.raises(ValueError, match=r"Pooling: expected rounding .*got 'nearest'"):
+        xpconv.Pooling(2, 2, rounding="nearest")
+
+
+@pytest.mark.parametrize("k", [2.5, "2", (2, 2, 2), True, (2, None), [3]],
+                         ids=["float", "str", "triple", "bool", "None-item", "list1"])
+def test_pool_bad_kernel_size_type(k):
+    with pytest.raises(TypeError, match=r"max_pool2d: expected kernel_size to be an int or a pair.*got "
+                                        + esc(repr(k))):
+        F.max_pool2d(X, k)
+
+
+@pytest.mark.parametrize("k", [0, (2, 0)], ids=["0", "(2,0)"])
+def test_pool_kernel_size_below_one(k):
+    with pytest.raises(ValueError, match=r"avg_pool2d: expected kernel_size >= 1; got " + esc(k)):
+        F.avg_pool2d(X, k)
+
+
+def test_pooling_layer_bad_pool_size():
+    with pytest.raises(TypeError, match=r"Pooling: expected pool size .*got \(2\.0, 2\)"):
+        xpconv.Pooling(2.0, 2)
+
+
+def test_im2col_bad_filter_size():
+    with pytest.raises(TypeError, match=r"im2col: expected kernel size .*got \(3, '3'\)"):
+        F.im2col(X, 3, "3")
+
+
+def test_col2im_wrong_col_shape():
+    col = F.im2col(X, 3, 3)          # (2*5*5, 3*9)
+    with pytest.raises(ValueError, match=r"col2im: expected col of shape \(50, 27\).*got \(50, 26\)"):
+        F.col2im(col[:, :26], X.shape, 3, 3)
+
+
+def test_col2im_wrong_col_ndim():
+    with pytest.raises(ValueError, match=r"col2im: expected col .*got shape \(1350,\)"):
+        F.col2im(ones(1350), X.shape, 3, 3)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7), (2, 3, 7, -1), (2, 3, 7.0, 7)], ids=["3d", "negative", "float"])
+def test_col2im_bad_input_shape(shape):
+    with pytest.raises(ValueError, match=r"col2im: expected input_shape .*got " + esc(shape)):
+        F.col2im(ones(50, 27), shape, 3, 3)
+
+
+# ----------------------------------------------------------------------------- types, libraries, devices
+
+@pytest.mark.parametrize("dtype", ["int64", "int32", "bool"])
+def test_conv2d_non_float_x(dtype):
+    with pytest.raises(TypeError, match=rf"conv2d: expected x with a floating-point dtype.*got {dtype}"):
+        F.conv2d(X.astype(dtype), W)
+
+
+@pytest.mark.parametrize("dtype", ["int64", "bool"])
+def test_conv2d_non_float_w(dtype):
+    with pytest.raises(TypeError, match=rf"conv2d: expected w with a floating-point dtype.*got {dtype}"):
+        F.conv2d(X, W.astype(dtype))
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "avg_pool2d"])
+@pytest.mark.parametrize("dtype", ["int64", "bool"])
+def test_pool_non_float_x(op, dtype):
+    with pytest.raises(TypeError, match=rf"{op}: expected x with a floating-point dtype.*got {dtype}"):
+        getattr(F, op)(X.astype(dtype), 7)
+
+
+def test_im2col_integer_x():
+    with pytest.raises(TypeError, match=r"im2col: expected x with a floating-point dtype.*got int64"):
+        F.im2col(X.astype("int64"), 3, 3)
+
+
+def test_col2im_integer_col():
+    with pytest.raises(TypeError, match=r"col2im: expected col with a floating-point dtype.*got int64"):
+        F.col2im(ones(50, 27, dtype="int64"), X.shape, 3, 3)
+
+
+def test_convolution_layer_integer_W():
+    with pytest.raises(TypeError, match=r"Convolution: expected W with a floating-point dtype.*got int64"):
+        xpconv.Convolution(W.astype("int64"), B)
+
+
+def test_conv2d_backward_integer_dy():
+    with pytest.raises(TypeError, match=r"conv2d_backward: expected dy with a floating-point.*got int64"):
+        F.conv2d_backward(ones(2, 4, 5, 5, dtype="int64"), X, W)
+
+
+@pytest.mark.parametrize("bad", [X.tolist(), 3.0, None], ids=["list", "float", "None"])
+def test_conv2d_non_array_x(bad):
+    with pytest.raises(TypeError, match=r"conv2d: expected x to be an array .*got " + type(bad).__name__):
+        F.conv2d(bad, W)
+
+
+def test_max_pool2d_non_array_x():
+    with pytest.raises(TypeError, match=r"max_pool2d: expected x to be an array .*got list"):
+        F.max_pool2d(X.tolist(), 2)
+
+
+def test_convolution_layer_forward_list():
+    layer = xpconv.Convolution(W, B)
+    with pytest.raises(TypeError, match=r"Convolution: expected x to be an array .*got list"):
+        layer.forward(X.tolist())
+
+
+def test_convolution_layer_bias_none():
+    with pytest.raises(TypeError, match=r"Convolution: expected b .*got None"):
+        xpconv.Convolution(W, None)
+
+
+def test_conv2d_mixed_libraries():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    with pytest.raises(TypeError, match=r"conv2d: w is a torch array but x is a numpy array.*"
+                                        r"xpconv\.device.*to_numpy"):
+        F.conv2d(X, torch.ones(4, 3, 3, 3, dtype=torch.float64))
+
+
+def test_conv2d_mixed_libraries_bias():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    with pytest.raises(TypeError, match=r"conv2d: b is a numpy array but x is a torch array"):
+        F.conv2d(torch.ones(2, 3, 7, 7, dtype=torch.float64), torch.ones(4, 3, 3, 3, dtype=torch.float64), B)
+
+
+def test_convolution_layer_mixed_libraries():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    layer = xpconv.Convolution(W, B)
+    with pytest.raises(TypeError, match=r"Convolution: [wW] is a numpy array but x is a torch array"):
+        layer.forward(torch.ones(2, 3, 7, 7, dtype=torch.float64))
+
+
+def test_conv2d_different_devices():
+    cpu, dev1 = make_backend("array_api_strict"), make_backend("array_api_strict:device1")
+    x = cpu.asarray(X, dtype="float64")
+    w = dev1.asarray(W, dtype="float64")
+    with pytest.raises(ValueError, match=r"conv2d: w is on device .*device1.* but x is on .*CPU_DEVICE"):
+        F.conv2d(x, w)
+
+
+def test_max_pool2d_backward_dy_on_other_device():
+    cpu, dev1 = make_backend("array_api_strict"), make_backend("array_api_strict:device1")
+    x = dev1.asarray(X, dtype="float64")
+    dy = cpu.asarray(ones(2, 3, 1, 1), dtype="float64")
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: dy is on device .*CPU_DEVICE.*device1"):
+        F.max_pool2d_backward(dy, x, 7)
+
+
+@pytest.mark.parametrize("culprit", ["w", "b"])
+def test_conv2d_dtype_mismatch(culprit):
+    w = W.astype("float32") if culprit == "w" else W
+    b = B.astype("float32") if culprit == "b" else B
+    with pytest.raises(TypeError, match=rf"conv2d: {culprit} has dtype float32 but x has float64"):
+        F.conv2d(X, w, b)
+
+
+def test_conv2d_backward_dy_dtype_mismatch():
+    with pytest.raises(TypeError, match=r"conv2d_backward: dy has dtype float32 but x has float64"):
+        F.conv2d_backward(ones(2, 4, 5, 5, dtype="float32"), X, W)

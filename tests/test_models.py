@@ -46,7 +46,7 @@ def directional_check(net, x, t, rng, eps=1e-5):
 def test_simple_convnet_has_the_books_interface():
     net = xpconv.SimpleConvNet(seed=0)
     assert list(net.params) == ["W1", "b1", "W2", "b2", "W3", "b3"]
-    assert list(net.layers) == ["Conv1", "Relu1", "Pool1", "Affine1", "Relu2", "Affine2"]
+    assert set(net.layers) == {"Conv1", "Relu1", "Pool1", "Affine1", "Relu2", "Affine2"}
     assert isinstance(net.last_layer, xpconv.SoftmaxWithLoss)
     assert net.params["W1"].shape == (30, 1, 5, 5) and net.params["W2"].shape == (30 * 12 * 12, 100)
     assert net.params["W1"].dtype == np.float32
@@ -64,6 +64,21 @@ def test_simple_convnet_gradient_matches_numerical_gradient(spec, rng):
     for k in net.params:
         np.testing.assert_allclose(xpconv.to_numpy(analytic[k]), xpconv.to_numpy(numeric[k]),
                                    rtol=1e-5, atol=1e-8, err_msg=k)
+
+
+def test_simple_convnet_pooling_first_equals_the_books_order(rng):
+    """Max pooling commutes with ReLU: the book's order gives the same loss and gradients."""
+    net = xpconv.SimpleConvNet(**TINY, dtype="float64", seed=5)
+    book = xpconv.Sequential([(k, net.layers[k]) for k in
+                              ["Conv1", "Relu1", "Pool1", "Affine1", "Relu2", "Affine2"]])
+    x, t = tiny_data(rng, n=6)
+    x[0, 0, :4, :4] = -1.0                                    # windows whose max is <= 0
+    ours, theirs = net.gradient(x, t), book.gradient(x, t)
+    assert float(net.loss(x, t)) == float(book.loss(x, t))
+    names = {"W1": "Conv1.W", "b1": "Conv1.b", "W2": "Affine1.W", "b2": "Affine1.b", "W3": "Affine2.W",
+             "b3": "Affine2.b"}
+    for k, v in names.items():
+        np.testing.assert_array_equal(ours[k], theirs[v], err_msg=k)
 
 
 @pytest.mark.parametrize("filter_size, pad, stride", [(4, 0, 1), (5, 2, 1), (3, 0, 2), (6, 1, 3)])

@@ -29,7 +29,7 @@ import array_api_compat
 import numpy
 
 __all__ = ["Device", "device", "available_devices", "to_numpy", "device_scope", "from_host",
-           "device_of", "dtype_name", "is_host_numpy", "host_rng"]
+           "device_of", "dtype_name", "is_host_numpy", "host_rng", "keep_where"]
 
 _LIBRARIES = ("numpy", "cupy", "torch", "jax", "array_api_strict")
 _ALIASES = {"np": "numpy", "cp": "cupy", "pytorch": "torch", "jax.numpy": "jax",
@@ -224,6 +224,31 @@ def device_scope(x):
     """
     dev = array_api_compat.device(x)
     return dev if hasattr(dev, "__enter__") and hasattr(dev, "use") else contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------- fast paths
+
+_SAME_SIZE_INT = {2: numpy.int16, 4: numpy.int32, 8: numpy.int64}
+
+
+def keep_where(keep, x):
+    """``where(keep, x, 0)``: ``x`` where ``keep`` is True, else +0 (NaN/Inf kept exactly).
+
+    Shapes broadcast. The portable path is ``xp.where``. On NumPy, whose ``where``
+    mispredicts a branch per element on random masks (a ReLU's or a max pool's: ~7x
+    slower than arithmetic), the float bits are ANDed with a mask of all-ones/zeros
+    instead: the same result, bit for bit, with no branch.
+    """
+    if (isinstance(x, numpy.ndarray) and isinstance(keep, numpy.ndarray)
+            and x.dtype.kind == "f" and x.dtype.itemsize in _SAME_SIZE_INT):
+        ints = _SAME_SIZE_INT[x.dtype.itemsize]
+        shape = numpy.broadcast_shapes(keep.shape, x.shape)
+        bits = numpy.empty(shape, dtype=ints)
+        numpy.negative(keep, out=bits, dtype=ints)   # 0 / all ones  (bool -> int: 0 / -1)
+        numpy.bitwise_and(bits, x.view(ints), out=bits)
+        return bits.view(x.dtype)
+    xp = array_api_compat.array_namespace(x)
+    return xp.where(keep, x, xp.zeros((), dtype=x.dtype, device=array_api_compat.device(x)))
 
 
 # ----------------------------------------------------------------------------- makers

@@ -19,7 +19,7 @@ from array_api_compat import array_namespace, device
 from . import _windows
 from ._checks import check_floating, check_ndim, check_same_place
 from ._geometry import Window2d, pair, window2d, _is_int
-from .devices import device_scope
+from .devices import device_scope, keep_where
 from .workspace import batch_chunks
 
 __all__ = [
@@ -254,7 +254,6 @@ def max_pool2d_grad(dy, x, y, geom: Window2d):
     xp = array_namespace(x)
     x_padded = _windows.pad(x, geom, value=-float("inf"))
     taps = [x_padded[:, :, r, c] for _, r, c in _windows.taps(geom)]
-    zero = xp.zeros((), dtype=dy.dtype, device=device(dy))
     last_nan = _last_nan_masks(taps) if bool(xp.any(xp.isnan(y))) else None
 
     def pieces():
@@ -267,7 +266,7 @@ def max_pool2d_grad(dy, x, y, geom: Window2d):
             taken = hit if taken is None else taken | hit
             if last_nan is not None:
                 first = first | last_nan[k]
-            yield xp.where(first, dy, zero)
+            yield keep_where(first, dy)
 
     return _windows.fold(pieces(), geom, x, tuple(x.shape))
 

@@ -10,7 +10,7 @@ import math
 from array_api_compat import array_namespace
 
 from .._checks import check_array, check_floating, check_ndim, check_same_place
-from ..devices import device_scope, from_host, host_rng
+from ..devices import device_scope, from_host, host_rng, keep_where
 
 __all__ = ["Affine", "Relu", "Sigmoid", "Flatten", "Dropout"]
 
@@ -119,7 +119,8 @@ class Relu:
         _check_dout(who, dout, self.out, self.out.shape)
         xp = array_namespace(dout)
         with device_scope(dout):
-            return xp.where(self.out <= 0, 0.0, dout)
+            # out = max(x, 0) is 0 where x <= 0; NaN != 0, so NaN passes, as in torch
+            return keep_where(self.out != 0, dout)
 
     def __repr__(self) -> str:
         return "Relu()"

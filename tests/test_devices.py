@@ -249,3 +249,29 @@ def test_only_devices_module_names_numpy_or_cupy(path):
 def test_devices_module_is_where_numpy_lives():
     code = _code_text(ROOT / "xpconv/devices.py")
     assert "import numpy" in code and "cupy" in code
+
+
+# ----------------------------------------------------------------------------- keep_where
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("mask_shape", [(3, 4, 5), (3, 1, 5), (5,)])
+def test_keep_where_fast_and_portable_paths_equal_where_bit_for_bit(dtype, mask_shape):
+    """NumPy takes the branch-free bit-mask path; other libraries the portable xp.where
+    (array_api_strict, or torch for float16, which array_api_strict lacks)."""
+    from xpconv.devices import keep_where
+
+    if dtype == "float16":
+        pytest.importorskip("torch", reason="the portable float16 path is checked on torch")
+    other = xpconv.device("torch" if dtype == "float16" else "array_api_strict")
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 5)).astype(dtype)
+    x.ravel()[:6] = [np.nan, np.inf, -np.inf, -0.0, np.finfo(dtype).smallest_subnormal, -np.nan]
+    keep = rng.random(mask_shape) > 0.5
+    expected = np.where(keep, x, np.zeros((), dtype))
+    fast = keep_where(keep, x)
+    portable = xpconv.to_numpy(keep_where(other.asarray(keep), other.asarray(x)))
+    bits = {"float16": np.int16, "float32": np.int32, "float64": np.int64}[dtype]
+    assert fast.dtype == x.dtype and fast.shape == expected.shape
+    np.testing.assert_array_equal(fast.view(bits), expected.view(bits))
+    np.testing.assert_array_equal(portable.view(bits), expected.view(bits))

@@ -45,6 +45,7 @@ class Device:
         xp: the array-api-compat namespace of the library.
         native: the library's own device object (``torch.device``,
             ``cupy.cuda.Device``, ``array_api_strict.Device``, ...).
+        library: "numpy", "cupy", "torch", "jax" or "array_api_strict".
     """
 
     spec: str
@@ -68,10 +69,8 @@ class Device:
                 f"{self}.asarray: got a {type(obj).__module__}.{type(obj).__name__}; "
                 f"move it to the host first with xpconv.to_numpy(x)")
         with self.scope():
-            if self.library == "cupy":
+            if self.library == "cupy":  # CuPy allocates on the current GPU (the scope)
                 return self.xp.asarray(obj, dtype=dtype)
-            if self.library == "array_api_strict" and not isinstance(obj, self.xp.asarray([]).__class__):
-                obj = numpy.asarray(obj)
             return self.xp.asarray(obj, dtype=dtype, device=self.native)
 
     def zeros(self, shape, dtype="float32"):

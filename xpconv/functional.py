@@ -14,6 +14,7 @@ input's dtype on the input's device; nothing is moved between devices.
 """
 from __future__ import annotations
 
+import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from . import _windows
@@ -191,7 +192,7 @@ def _filter_matrix(w, groups: int):
 
 
 def _set_rows(out, n0, n1, part):
-    import array_api_extra as xpx
+    """``out[n0:n1] = part``, in place where the library allows it."""
     return xpx.at(out)[n0:n1, ...].set(part)
 
 

@@ -8,7 +8,6 @@ libraries whose arrays are immutable (JAX).
 """
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
 from collections.abc import MutableMapping
 from typing import Iterable
@@ -247,6 +246,3 @@ def _takes_train_flg(layer) -> bool:
     code = getattr(type(layer).forward, "__code__", None)
     return code is not None and "train_flg" in code.co_varnames[:code.co_argcount]
 
-
-def numel(shape) -> int:
-    return math.prod(shape)

@@ -351,12 +351,12 @@ def _pool_geometry(who, x, kernel_size, stride, pad, rounding) -> Window2d:
     return _input_geometry(who, x, kernel, stride, pad, 1, rounding, pooling=True)
 
 
-def _conv_geometry(who, x, w, b, stride, pad, dilation, groups, rounding) -> Window2d:
+def _conv_geometry(who, x, w, b, stride, pad, dilation, groups, rounding, *, w_name="w") -> Window2d:
     check_floating(who, "x", x)
-    check_floating(who, "w", w)
+    check_floating(who, w_name, w)
     check_ndim(who, "x", x, 4, "(N, C, H, W)")
-    check_ndim(who, "w", w, 4, "(FN, C/groups, FH, FW)")
-    check_same_place(who, "x", x, w=w, b=b)
+    check_ndim(who, w_name, w, 4, "(FN, C/groups, FH, FW)")
+    check_same_place(who, "x", x, **{w_name: w, "b": b})
     check_conv_shapes(who, tuple(x.shape), tuple(w.shape), None if b is None else tuple(b.shape), groups)
     return window2d(who, tuple(x.shape[2:]), tuple(w.shape[2:]), stride, pad, dilation, rounding)
 

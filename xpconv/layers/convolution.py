@@ -55,7 +55,7 @@ class Convolution:
 
     def forward(self, x):
         self._geom = _conv_geometry("Convolution", x, self.W, self.b, self.stride, self.pad,
-                                    self.dilation, self.groups, self.rounding)
+                                    self.dilation, self.groups, self.rounding, w_name="W")
         self.x = x
         with device_scope(x):
             y, self._cols = conv2d_forward(x, self.W, self.b, self._geom, self.groups, keep_cols=True)

@@ -66,11 +66,11 @@ def _parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- commands
 
 def _devices(args) -> int:
-    from .devices import available_devices, device
-    for spec in available_devices():
+    from .devices import _cupy_problem, available_devices, device
+    specs = available_devices()
+    for spec in specs:
         print(f"{spec:28s} {device(spec).xp.__name__}")
-    from .devices import _cupy_problem
-    if not any(s.startswith("cuda") for s in available_devices()):
+    if not any(s.startswith("cuda") for s in specs):
         print(f"(no CuPy GPU: {_cupy_problem()})")
     return 0
 

@@ -53,7 +53,6 @@ class Trainer:
             raise ValueError(f"Trainer: expected epochs >= 1 and mini_batch_size >= 1 (ints); "
                              f"got {epochs!r}, {mini_batch_size!r}")
         self.network = network
-        dev = network.device
         self.x_train, self.t_train = network._input(x_train), network._labels(t_train)
         self.x_test, self.t_test = network._input(x_test), network._labels(t_test)
         self.epochs, self.batch_size = epochs, mini_batch_size
@@ -62,7 +61,6 @@ class Trainer:
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
         self.verbose = verbose
         self.rng = host_rng(seed)
-        self._device = dev
         self.train_loss_list: list[float] = []
         self.train_acc_list: list[float] = []
         self.test_acc_list: list[float] = []
@@ -97,7 +95,7 @@ class Trainer:
                 start = time.perf_counter()
                 order = self.rng.permutation(n)
                 for s in range(0, n, self.batch_size):
-                    idx = self._device.asarray(order[s:s + self.batch_size])
+                    idx = self.network.device.asarray(order[s:s + self.batch_size])
                     loss = self.train_step(xp.take(self.x_train, idx, axis=0),
                                            xp.take(self.t_train, idx, axis=0))
                     bar.update(1)

@@ -31,8 +31,8 @@ def check_ndim(who: str, name: str, x, ndim: int, layout: str) -> None:
                          f"got shape {tuple(x.shape)} ({x.ndim}-D)")
 
 
-def check_same_place(who: str, ref_name: str, ref, **others) -> None:
-    """Arrays in ``others`` must share ``ref``'s library, device and dtype.
+def check_same_place(who: str, ref_name: str, ref, *, same_dtype: bool = True, **others) -> None:
+    """Arrays in ``others`` must share ``ref``'s library, device and (if ``same_dtype``) dtype.
 
     Nothing is ever moved silently: the message says how to move it.
     """
@@ -50,9 +50,18 @@ def check_same_place(who: str, ref_name: str, ref, **others) -> None:
             raise ValueError(
                 f"{who}: {name} is on device {device(other)} but {ref_name} is on {ref_dev}; "
                 f"move one of them (e.g. a.to_device(...)) -- xpconv never transfers silently")
-        if other.dtype != ref.dtype:
+        if same_dtype and other.dtype != ref.dtype:
             raise TypeError(f"{who}: {name} has dtype {other.dtype} but {ref_name} has {ref.dtype}; "
                             f"cast one of them so both match")
+
+
+def check_grad(who: str, name: str, grad, ref, ref_name: str, shape) -> None:
+    """A gradient flowing back: floating, in ``ref``'s place, of the forward output's ``shape``."""
+    check_floating(who, name, grad)
+    check_same_place(who, ref_name, ref, **{name: grad})
+    if tuple(grad.shape) != tuple(shape):
+        raise ValueError(f"{who}: expected {name} of shape {tuple(shape)} (the forward output's); "
+                         f"got {tuple(grad.shape)}")
 
 
 def _library(x) -> str:

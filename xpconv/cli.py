@@ -121,7 +121,7 @@ def _train(args) -> int:
 def _filters(args) -> int:
     from .plot import save_filter_grid
     from .serialization import load_arrays
-    arrays, meta = load_arrays(args.params, who="xpconv filters")
+    arrays, _ = load_arrays(args.params, who="xpconv filters")
     first = next((k for k, v in arrays.items() if v.ndim == 4), None)
     if first is None:
         raise ValueError(f"{args.params}: no 4-D filter array (FN, C, FH, FW) in it; has {list(arrays)}")

@@ -18,7 +18,7 @@ import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from . import _windows
-from ._checks import check_floating, check_ndim, check_same_place
+from ._checks import check_floating, check_grad, check_ndim, check_same_place
 from ._geometry import Window2d, pair, window2d, _is_int
 from .devices import device_scope, keep_where
 from .workspace import batch_chunks
@@ -111,7 +111,7 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, dilation=1, groups=1, rounding="e
         (a first layer needs no input gradient). ``db = sum(dy, axes (N, OH, OW))``.
     """
     geom = _conv_geometry("conv2d_backward", x, w, None, stride, pad, dilation, groups, rounding)
-    _check_grad("conv2d_backward", dy, x, (x.shape[0], w.shape[0], *geom.out_hw))
+    check_grad("conv2d_backward", "dy", dy, x, "x", (x.shape[0], w.shape[0], *geom.out_hw))
     with device_scope(x):
         return conv2d_grads(dy, x, w, geom, groups, input_grad=input_grad)
 
@@ -225,7 +225,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, pad=0, rounding="exact"
     """Gradient of :func:`max_pool2d`: each window's ``dy`` goes to its first maximum
     (row-major order within the window; a NaN counts as the maximum), as in PyTorch."""
     geom = _pool_geometry("max_pool2d_backward", x, kernel_size, stride, pad, rounding)
-    _check_grad("max_pool2d_backward", dy, x, (*x.shape[:2], *geom.out_hw))
+    check_grad("max_pool2d_backward", "dy", dy, x, "x", (*x.shape[:2], *geom.out_hw))
     with device_scope(x):
         return max_pool2d_grad(dy, x, max_pool2d_forward(x, geom), geom)
 
@@ -302,7 +302,7 @@ def avg_pool2d_backward(dy, x, kernel_size, stride=None, pad=0, rounding="exact"
                         count_include_pad=True):
     """Gradient of :func:`avg_pool2d`: ``dy / divisor`` spread evenly over each window."""
     geom = _pool_geometry("avg_pool2d_backward", x, kernel_size, stride, pad, rounding)
-    _check_grad("avg_pool2d_backward", dy, x, (*x.shape[:2], *geom.out_hw))
+    check_grad("avg_pool2d_backward", "dy", dy, x, "x", (*x.shape[:2], *geom.out_hw))
     with device_scope(x):
         return avg_pool2d_grad(dy, x, geom, count_include_pad)
 
@@ -378,11 +378,3 @@ def check_conv_shapes(who, x_shape, w_shape, b_shape, groups) -> None:
                          f"(groups={groups})")
     if b_shape is not None and b_shape != (FN,):
         raise ValueError(f"{who}: expected b of shape (FN,) = ({FN},); got {b_shape}")
-
-
-def _check_grad(who, dy, x, expected_shape) -> None:
-    check_floating(who, "dy", dy)
-    check_same_place(who, "x", x, dy=dy)
-    if tuple(dy.shape) != tuple(expected_shape):
-        raise ValueError(f"{who}: expected dy of shape {tuple(expected_shape)} (the output's); "
-                         f"got {tuple(dy.shape)}")

@@ -6,6 +6,7 @@ the book's version, ``f`` must therefore compute from the array it is *given*.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import array_api_extra as xpx
@@ -42,7 +43,7 @@ def numerical_gradient(f, x, eps=1e-4):
     shape = tuple(x.shape)
     grads = []
     with device_scope(x):
-        for idx in _indices(shape):
+        for idx in itertools.product(*(range(n) for n in shape)):  # row-major; () for 0-D
             value = x[idx]
             plus = _scalar(who, f(xpx.at(x)[idx].set(value + eps, copy=True)))
             minus = _scalar(who, f(xpx.at(x)[idx].set(value - eps, copy=True)))
@@ -104,16 +105,6 @@ def assert_gradients_close(analytic: dict, numeric: dict, rtol=1e-5, atol=0.0) -
 
 
 # ---------------------------------------------------------------------------- helpers
-
-def _indices(shape):
-    """Every index tuple of ``shape`` in row-major order (a 0-D shape gives ``()``)."""
-    for flat in range(math.prod(shape)):
-        idx = []
-        for size in reversed(shape):
-            flat, i = divmod(flat, size)
-            idx.append(i)
-        yield tuple(reversed(idx))
-
 
 def _scalar(who: str, value) -> float:
     host = to_numpy(value)

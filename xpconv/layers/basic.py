@@ -9,19 +9,10 @@ import math
 
 from array_api_compat import array_namespace
 
-from .._checks import check_array, check_floating, check_ndim, check_same_place
+from .._checks import check_array, check_floating, check_grad, check_ndim, check_same_place
 from ..devices import device_scope, from_host, host_rng, keep_where
 
 __all__ = ["Affine", "Relu", "Sigmoid", "Flatten", "Dropout"]
-
-
-def _check_dout(who: str, dout, ref, shape) -> None:
-    """``dout`` is a float array in ``ref``'s place with the forward output's ``shape``."""
-    check_floating(who, "dout", dout)
-    check_same_place(who, "the forward input", ref, dout=dout)
-    if tuple(dout.shape) != tuple(shape):
-        raise ValueError(f"{who}: expected dout of shape {tuple(shape)} (the forward output's); "
-                         f"got {tuple(dout.shape)}")
 
 
 def _need_forward(who: str, state) -> None:
@@ -80,7 +71,8 @@ class Affine:
     def backward(self, dout):
         who = "Affine.backward"
         _need_forward(who, self.x)
-        _check_dout(who, dout, self.x, (self.x.shape[0], self.W.shape[1]))
+        check_grad(who, "dout", dout, self.x, "the forward input",
+                   (self.x.shape[0], self.W.shape[1]))
         xp = array_namespace(dout)
         with device_scope(dout):
             dx = dout @ xp.matrix_transpose(self.W)                      # (N, D)
@@ -116,8 +108,7 @@ class Relu:
     def backward(self, dout):
         who = "Relu.backward"
         _need_forward(who, self.out)
-        _check_dout(who, dout, self.out, self.out.shape)
-        xp = array_namespace(dout)
+        check_grad(who, "dout", dout, self.out, "the forward input", self.out.shape)
         with device_scope(dout):
             # out = max(x, 0) is 0 where x <= 0; NaN != 0, so NaN passes, as in torch
             return keep_where(self.out != 0, dout)
@@ -150,7 +141,7 @@ class Sigmoid:
     def backward(self, dout):
         who = "Sigmoid.backward"
         _need_forward(who, self.out)
-        _check_dout(who, dout, self.out, self.out.shape)
+        check_grad(who, "dout", dout, self.out, "the forward input", self.out.shape)
         with device_scope(dout):
             return dout * self.out * (1.0 - self.out)
 

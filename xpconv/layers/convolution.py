@@ -1,10 +1,10 @@
 """The Convolution layer (the book's ``common/layers.py`` name and interface)."""
 from __future__ import annotations
 
-from .._checks import check_floating, check_ndim, check_same_place
+from .._checks import check_floating, check_grad, check_ndim, check_same_place
 from .._geometry import ROUNDINGS, pair
 from ..devices import device_scope
-from ..functional import (_check_grad, _conv_geometry, check_conv_shapes, conv2d_forward,
+from ..functional import (_conv_geometry, check_conv_shapes, conv2d_forward,
                           conv2d_grads)
 
 
@@ -64,7 +64,7 @@ class Convolution:
     def backward(self, dout):
         if self.x is None:
             raise RuntimeError("Convolution.backward: call forward first")
-        _check_grad("Convolution.backward", dout, self.x, (self.x.shape[0], self.W.shape[0],
+        check_grad("Convolution.backward", "dy", dout, self.x, "x", (self.x.shape[0], self.W.shape[0],
                                                          *self._geom.out_hw))
         with device_scope(dout):
             dx, self.dW, self.db = conv2d_grads(dout, self.x, self.W, self._geom, self.groups,

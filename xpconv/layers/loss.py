@@ -14,7 +14,6 @@ from __future__ import annotations
 from array_api_compat import array_namespace, device
 
 from .._checks import check_array, check_floating, check_ndim, check_same_place
-from .._checks import _library
 from ..devices import device_scope
 
 __all__ = ["softmax", "cross_entropy_error", "SoftmaxWithLoss"]
@@ -127,20 +126,10 @@ def _check_scalar_dout(who: str, dout, ref) -> None:
                          f"scalar); got shape {tuple(dout.shape)}")
 
 
-def _check_place(who, name, arr, ref, ref_name) -> None:
-    """Same library and device as ``ref`` (dtype may differ)."""
-    if array_namespace(arr) is not array_namespace(ref):
-        raise TypeError(f"{who}: {name} is a {_library(arr)} array but {ref_name} is a "
-                        f"{_library(ref)} array; put both in one library first")
-    if device(arr) != device(ref):
-        raise ValueError(f"{who}: {name} is on device {device(arr)} but {ref_name} is on "
-                         f"{device(ref)}; move one of them -- xpconv never transfers silently")
-
-
 def _check_labels(who: str, y, t, y_name: str) -> bool:
     """Validate ``t`` against scores/probabilities ``y`` (N, K); True for integer labels."""
     check_array(who, "t", t)
-    _check_place(who, "t", t, y, y_name)
+    check_same_place(who, y_name, y, same_dtype=False, t=t)   # labels: any dtype
     xp = array_namespace(y)
     N, K = y.shape
     if tuple(t.shape) == (N, K):

@@ -5,7 +5,7 @@ import math
 
 from array_api_compat import array_namespace
 
-from .._checks import check_floating, check_ndim, check_same_place
+from .._checks import check_floating, check_grad, check_ndim, check_same_place
 from ..devices import device_scope
 
 __all__ = ["BatchNormalization"]
@@ -127,11 +127,7 @@ class BatchNormalization:
         who = "BatchNormalization.backward"
         if self.xn is None:
             raise RuntimeError(f"{who}: call forward first")
-        check_floating(who, "dout", dout)
-        check_same_place(who, "the forward input", self.xn, dout=dout)
-        if tuple(dout.shape) != self.input_shape:
-            raise ValueError(f"{who}: expected dout of shape {self.input_shape} (the forward "
-                             f"output's); got {tuple(dout.shape)}")
+        check_grad(who, "dout", dout, self.xn, "the forward input", self.input_shape)
         xp = array_namespace(dout)
         axes, shape = _axes_and_shape(dout.ndim, self.gamma.shape[0])
         with device_scope(dout):

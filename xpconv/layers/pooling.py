@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from ..devices import device_scope
-from ..functional import (_check_grad, _pool_geometry, avg_pool2d_forward, avg_pool2d_grad,
+from .._checks import check_grad
+from ..functional import (_pool_geometry, avg_pool2d_forward, avg_pool2d_grad,
                           max_pool2d_forward, max_pool2d_grad)
 from .._geometry import ROUNDINGS, pair
 
@@ -60,7 +61,7 @@ class Pooling:
     def backward(self, dout):
         if self.x is None:
             raise RuntimeError("Pooling.backward: call forward first")
-        _check_grad("Pooling.backward", dout, self.x, (*self.x.shape[:2], *self._geom.out_hw))
+        check_grad("Pooling.backward", "dy", dout, self.x, "x", (*self.x.shape[:2], *self._geom.out_hw))
         with device_scope(dout):
             if self.mode == "max":
                 return max_pool2d_grad(dout, self.x, self.out, self._geom)

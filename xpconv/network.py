@@ -167,10 +167,8 @@ class Sequential:
 
     def state_arrays(self) -> dict:
         """Host copies of every parameter and buffer, by name (what ``save_params`` writes)."""
-        names = {id(layer): lname for lname, layer in self.layers.items()}
         out = {name: to_numpy(self.params[name]) for name in self.params}
-        for layer, attr in self._arrays(buffers_only=True):
-            out[f"{names[id(layer)]}.{attr}"] = to_numpy(getattr(layer, attr))
+        out.update((key, to_numpy(getattr(layer, attr))) for key, layer, attr in self._buffers())
         return out
 
     def save_params(self, path) -> None:
@@ -187,26 +185,28 @@ class Sequential:
 
         Names and shapes must match this model; pickle files are refused, never unpickled.
         """
-        mine = self.state_arrays()
+        slots = [(name, layer, attr) for name, (layer, attr, _) in self._bindings.items()]
+        slots += list(self._buffers())
         arrays, _ = serialization.load_arrays(
-            path, expected={k: tuple(v.shape) for k, v in mine.items()},
+            path, expected={key: tuple(getattr(layer, attr).shape) for key, layer, attr in slots},
             who=f"{type(self).__name__}.load_params")
-        names = {id(layer): lname for lname, layer in self.layers.items()}
-        for name in self.params:
-            self.params[name] = self.device.asarray(arrays[name], dtype=dtype_name(self.params[name]))
-        for layer, attr in self._arrays(buffers_only=True):
-            key = f"{names[id(layer)]}.{attr}"
-            setattr(layer, attr, self.device.asarray(arrays[key], dtype=mine[key].dtype.name))
+        for key, layer, attr in slots:   # params[...] = ... would do the same for parameters
+            current = getattr(layer, attr)
+            setattr(layer, attr, self.device.asarray(arrays[key], dtype=dtype_name(current)))
         return self
 
     # ------------------------------------------------------------------ helpers
-    def _arrays(self, buffers_only=False) -> Iterable[tuple[object, str]]:
-        if not buffers_only:
-            yield from ((layer, attr) for layer, attr, _ in self._bindings.values())
-        for layer in self.layers.values():
+    def _arrays(self) -> Iterable[tuple[object, str]]:
+        """(layer, attribute) of every parameter and buffer."""
+        yield from ((layer, attr) for layer, attr, _ in self._bindings.values())
+        yield from ((layer, attr) for _, layer, attr in self._buffers())
+
+    def _buffers(self) -> Iterable[tuple[str, object, str]]:
+        """("<layer>.<attr>", layer, attr) of every buffer (state saved but not learned)."""
+        for lname, layer in self.layers.items():
             for attr in _BUFFER_ATTRS:
                 if is_array_api_obj(getattr(layer, attr, None)):
-                    yield layer, attr
+                    yield f"{lname}.{attr}", layer, attr
 
     def _find_device(self) -> Device:
         first = next(iter(self.params.values()))

@@ -14,8 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
+import xpconv
 from xpconv import functional as F
 from xpconv import to_numpy
+from xpconv._geometry import window2d
 
 from conftest import BACKENDS, assert_on, make_backend
 from naive import (avg_pool2d_backward_naive, avg_pool2d_naive, col2im_naive, conv2d_backward_naive,
@@ -235,6 +237,30 @@ def test_conv2d_same_size_and_split_vs_torch(k, stride):
     padded = tF.pad(torch.tensor(x), (total_w // 2, total_w - total_w // 2,
                                       total_h // 2, total_h - total_h // 2))
     close(y, tF.conv2d(padded, torch.tensor(w), stride=stride).numpy())
+
+
+@pytest.mark.parametrize("hw, kernel, stride, pad, rounding, tiles", [
+    ((6, 8), (2, 2), (2, 2), 0, "exact", True),
+    ((6, 9), (3, 3), (3, 3), 0, "exact", True),
+    ((4, 5), (1, 1), (1, 1), 0, "exact", True),
+    ((5, 8), (2, 2), (2, 2), 0, "floor", False),     # a last row left over
+    ((6, 8), (2, 2), (1, 1), 0, "exact", False),     # overlapping
+    ((7, 7), (3, 3), (3, 3), 1, "exact", False),     # padded
+    ((9, 9), (2, 2), (3, 3), 0, "floor", False),     # gaps
+])
+def test_window_geometry_tiles(hw, kernel, stride, pad, rounding, tiles):
+    """``tiles``: every input position lies in exactly one window (fold may skip zeroing)."""
+    geom = window2d("test", hw, kernel, stride, pad, 1, rounding)
+    assert geom.tiles is tiles
+    cover = np.zeros(hw, dtype=int)
+    for oh in range(geom.h.out):
+        for ow in range(geom.w.out):
+            top, left = oh * stride[0] - geom.h.p0, ow * stride[1] - geom.w.p0
+            for i in range(kernel[0]):
+                for j in range(kernel[1]):
+                    if 0 <= top + i < hw[0] and 0 <= left + j < hw[1]:
+                        cover[top + i, left + j] += 1
+    assert bool((cover == 1).all()) is tiles or geom.padded
 
 
 def test_conv2d_exact_rounding_tiles(backend):
@@ -515,7 +541,9 @@ def _nan_inf_input(rng):
     return hx
 
 
-def test_max_pool_nan_inf_like_torch(backend, rng):
+@pytest.mark.parametrize("limit", [None, 1], ids=["one-chunk", "chunk-per-sample"])
+def test_max_pool_nan_inf_like_torch(backend, rng, limit):
+    """Also one sample per chunk: sample 0 (NaN) and sample 1 (no NaN) take different paths."""
     torch = torch_or_skip()
     import torch.nn.functional as tF
     hx = _nan_inf_input(rng)
@@ -524,8 +552,9 @@ def test_max_pool_nan_inf_like_torch(backend, rng):
     yt = tF.max_pool2d(xt, 2)
     yt.backward(torch.tensor(dy))
     x = put(backend, hx)
-    close(F.max_pool2d(x, 2), yt.detach().numpy())
-    close(F.max_pool2d_backward(put(backend, dy), x, 2), xt.grad.numpy())
+    with xpconv.workspace_limit(limit or xpconv.get_workspace_limit()):
+        close(F.max_pool2d(x, 2), yt.detach().numpy())
+        close(F.max_pool2d_backward(put(backend, dy), x, 2), xt.grad.numpy())
 
 
 @pytest.mark.parametrize("spec", NOT_JAX)

@@ -249,6 +249,21 @@ def test_pooling_vs_functional_and_naive(spec, name, mode, cip, rng):
     close(dx, to_numpy(fdx), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("name", list(POOL))
+@pytest.mark.parametrize("spec", CHUNK_BACKENDS)
+def test_max_pooling_chunked_matches_naive(spec, name, rng):
+    """workspace_limit(1): the max-pool backward goes one sample at a time; same result."""
+    backend = make_backend(spec)
+    r = pool_ref(rng, name, "max", n=3)
+    layer = xpconv.Pooling(**r["args"])
+    with xpconv.workspace_limit(1):
+        y = layer.forward(put(backend, r["x"]))
+        dx = layer.backward(put(backend, r["dy"]))
+    assert_on(backend, y, dx)
+    close(y, r["y"])
+    close(dx, r["dx"])
+
+
 def test_pooling_backward_before_forward():
     with pytest.raises(RuntimeError, match="Pooling.backward.*forward"):
         xpconv.Pooling(2, 2).backward(np.ones((1, 1, 1, 1)))

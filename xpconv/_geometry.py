@@ -86,6 +86,13 @@ class Window2d:
     def padded(self) -> bool:
         return any(p for pair in self.pads for p in pair)
 
+    @property
+    def tiles(self) -> bool:
+        """The windows tile the input exactly: no padding, no overlap, no gap, nothing
+        left over (``s == k`` and ``size == out * k`` on both axes)."""
+        return not self.padded and all(a.s == a.k and (a.d == 1 or a.k == 1) and a.size == a.out * a.k
+                                       for a in (self.h, self.w))
+
 
 def window2d(who: str, in_hw, kernel, stride=1, pad=0, dilation=1, rounding="exact",
              *, pooling: bool = False) -> Window2d:

@@ -1,7 +1,8 @@
 """The workspace limit: how much scratch memory one op may use for its column matrix.
 
 im2col-style ops process the batch in chunks so that the columns of one chunk,
-``(n, C*FH*FW, OH*OW)``, stay under the limit. Results do not depend on it; only
+``(n, C*FH*FW, OH*OW)``, stay under the limit; the max-pooling backward chunks so
+that the input of one chunk ``(n, C, H, W)`` does. Results do not depend on it; only
 speed and peak memory do. Default: 8 MiB (measured best on a 2-core CPU: columns that stay in cache), or ``XPCONV_WORKSPACE_MB`` if set.
 
 >>> import xpconv

@@ -2,15 +2,16 @@
 
 Usage::
 
-    python bench/run.py [--quick] [--devices cpu,cuda] [--all-backends]
+    python bench/run.py [--quick] [--devices cpu,cuda]
                         [--cases PATTERNS] [--contenders PATTERNS]
                         [--repeat N] [--warmup N] [--out bench/results] [--tag TAG]
                         [--no-memory] [--no-plot] [--list]
 
 Contenders
-    ``xpconv:<spec>`` for the xpconv device specs (default: "cpu" = NumPy and
-    "cuda..." = CuPy; every spec of ``xpconv.available_devices()`` with
-    ``--all-backends``), ``textbook`` (``bench/textbook.py``, NumPy on the CPU),
+    ``xpconv:<spec>`` for the xpconv device specs (default: every spec of
+    ``xpconv.available_devices()``: "cpu" = NumPy, "cuda:N" = CuPy, and torch, JAX
+    and array-api-strict where installed, leaving out array-api-strict's fake
+    second device), ``textbook`` (``bench/textbook.py``, NumPy on the CPU),
     ``torch-cpu`` and ``torch-cuda`` (when torch / CUDA are there).  Each
     contender is a small adapter; :func:`make_case` turns (contender, case) into
     a zero-argument callable.  A contender that fails is reported as
@@ -471,34 +472,35 @@ def _torch_cuda_available():
     return torch, bool(torch.cuda.is_available())
 
 
-def xpconv_specs(devices=None, all_backends=False):
+_FAKE_DEVICES = ("array_api_strict:device1",)
+
+
+def xpconv_specs(devices=None):
     """The xpconv device specs to benchmark.
 
-    Default: "cpu" and "cuda*" specs of ``xpconv.available_devices()``;
-    ``all_backends``: every spec; ``devices`` ("cpu,cuda"): specs equal to an
-    entry or with it as prefix before ":" (an entry matching nothing is kept,
-    so its failure shows up in the table).
+    Default: every spec of ``xpconv.available_devices()`` but the fake devices of
+    array-api-strict (the same host memory under another name); ``devices``
+    ("cpu,cuda"): specs equal to an entry or with it as prefix before ":" (an
+    entry matching nothing is kept, so its failure shows up in the table).
     """
     try:
         import xpconv
         available = [str(s) for s in xpconv.available_devices()]
     except Exception:
         available = None  # xpconv not importable: its contender will show the error
-    wanted = [d.strip() for d in devices.split(",") if d.strip()] if devices else ["cpu", "cuda"]
     if available is None:
         _, cuda = _torch_cuda_available()
         available = ["cpu"] + (["cuda:0"] if cuda else [])
-    if all_backends and not devices:
-        return available
+    if not devices:
+        return [s for s in available if s not in _FAKE_DEVICES]
+    wanted = [d.strip() for d in devices.split(",") if d.strip()]
     specs = [s for s in available if any(s == w or s.split(":")[0] == w for w in wanted)]
-    if devices:
-        specs += [w for w in wanted if not any(s == w or s.split(":")[0] == w for s in specs)]
-    return specs
+    return specs + [w for w in wanted if not any(s == w or s.split(":")[0] == w for s in specs)]
 
 
-def discover_contenders(devices=None, all_backends=False, patterns=None):
+def discover_contenders(devices=None, patterns=None):
     """xpconv contenders first, then the baselines on the same device classes."""
-    specs = xpconv_specs(devices, all_backends)
+    specs = xpconv_specs(devices)
     contenders = [XpconvContender(s) for s in specs]
     torch, cuda = _torch_cuda_available()
     if devices:
@@ -1046,7 +1048,7 @@ def log(msg):
 def run_benchmark(opts, command):
     """Run everything ``opts`` asks for and return the results dict."""
     t_start = time.perf_counter()
-    contenders = discover_contenders(opts.devices, opts.all_backends, opts.contenders)
+    contenders = discover_contenders(opts.devices, opts.contenders)
     if not contenders:
         raise SystemExit("no contender selected")
     for c in contenders:
@@ -1079,7 +1081,7 @@ def run_benchmark(opts, command):
         "tag": opts.tag or machine_tag(env, uses_cuda, opts.quick),
         "quick": opts.quick,
         "settings": {"repeat": opts.repeat, "warmup": opts.warmup, "gap_s": opts.gap, "memory": opts.memory,
-                     "devices": opts.devices, "all_backends": opts.all_backends},
+                     "devices": opts.devices},
         "environment": env,
         "contenders": {c.name: {"device_class": c.device_class, "baseline": c.is_baseline,
                                 "error": c.error} for c in contenders},
@@ -1119,9 +1121,8 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true",
                     help="smaller batches for the layer cases and 3 repeats")
-    ap.add_argument("--devices", help="comma-separated xpconv device specs/prefixes (default: cpu,cuda)")
-    ap.add_argument("--all-backends", action="store_true",
-                    help="benchmark xpconv on every spec of xpconv.available_devices()")
+    ap.add_argument("--devices", help="comma-separated xpconv device specs/prefixes, e.g. cpu,cuda "
+                                      "(default: every available device and backend)")
     ap.add_argument("--cases", help="comma-separated patterns over case ids (e.g. conv3x3/train), "
                                     "base names (conv*) or modes (train, infer)")
     ap.add_argument("--contenders", help="comma-separated patterns over contender names "
@@ -1161,7 +1162,7 @@ def main(argv=None):
         for case in select_cases(build_cases(opts.quick), opts.cases):
             print(f"{case.id:<18} {case.label}")
         print("contenders:", ", ".join(c.name for c in discover_contenders(
-            opts.devices, opts.all_backends, opts.contenders)))
+            opts.devices, opts.contenders)))
         return 0
     args = sys.argv[1:] if argv is None else list(argv)
     command = " ".join(shlex.quote(a) for a in ["python", "bench/run.py", *args])

@@ -76,6 +76,7 @@ GEMM_MIN_REPEAT = 5
 DEFAULT_GAP = 0.15  # > OpenBLAS's default thread spin time (2**28 cycles)
 SETTLE_BELOW_S = 0.25  # calls shorter than this get one untimed call after the gap
 PROBE_MARK = "MEMORY_PROBE "
+ISOLATED_MARK = "ISOLATED_RUN "
 
 
 # --------------------------------------------------------------------------
@@ -233,6 +234,7 @@ class Contender:
     name = "?"
     device_class = "cpu"
     is_baseline = True
+    isolated = False  # timed in a process of its own (see run_isolated)
 
     def __init__(self):
         self.error = None
@@ -395,6 +397,10 @@ class XpconvContender(Contender):
         self.spec = spec
         self.name = f"xpconv:{spec}"
         self.device_class = spec_class(spec)
+        # xpconv on torch, JAX, array-api-strict: its own process, so that the library's
+        # runtime (JAX's threads slowed NumPy 1.4x when they shared one) leaves the
+        # main comparison (NumPy/CuPy against the baselines) alone
+        self.isolated = spec.split(":")[0] not in ("cpu", "cuda", "numpy", "cupy")
         self.xpconv = None
         self.dev = None
 
@@ -962,6 +968,7 @@ def format_markdown(results):
             f"- repeat {results['settings']['repeat']}, warm-up {results['settings']['warmup']}; "
             f"{results['settings']['gap_s']} s idle before each sample, plus one untimed call for "
             f"calls under {SETTLE_BELOW_S} s (steady state); contenders alternate round-robin; "
+            "xpconv on torch, JAX and array-api-strict is timed in a process of its own, after the others; "
             "median and spread in ms; FLOPs counted analytically (2 per multiply-add); "
             "peak MiB = extra peak memory of one fwd+bwd call in a fresh process", "",
             "## GEMM ceiling (best median of the runs before / after the cases)", "",
@@ -1052,15 +1059,22 @@ def run_benchmark(opts, command):
     if not contenders:
         raise SystemExit("no contender selected")
     for c in contenders:
-        if not c.try_setup():
+        if not c.isolated and not c.try_setup():   # an isolated one sets up in its own process
             log(f"[{c.name}] unavailable: {c.error}")
     cases = select_cases(build_cases(opts.quick), opts.cases)
     log(f"contenders: {', '.join(c.name for c in contenders)}; {len(cases)} cases; "
         f"repeat {opts.repeat}" + (" (QUICK)" if opts.quick else ""))
 
-    first = measure_ceilings(contenders, opts.repeat, opts.warmup, opts.gap, opts.gemm_n)
-    timed = [time_case(case, contenders, opts) for case in cases]
-    last = measure_ceilings(contenders, opts.repeat, opts.warmup, opts.gap, opts.gemm_n)
+    together = [c for c in contenders if not c.isolated]
+    first, timed, last = time_all(together, cases, opts)
+    for c in contenders:
+        if c.isolated:
+            log(f"== {c.name}: every case again, in a process of its own")
+            part = run_isolated(c, opts)
+            c.error = part["error"]
+            for merged, own in zip((first, *timed, last), (part["first"], *part["timed"], part["last"])):
+                merged.update(own)
+    timed = [{c.name: t[c.name] for c in contenders} for t in timed]   # table order
     ceilings = best_ceilings(first, last)
     records = [case_record(case, res, ceilings) for case, res in zip(cases, timed)]
 
@@ -1089,6 +1103,44 @@ def run_benchmark(opts, command):
         "cases": records,
         "elapsed_s": time.perf_counter() - t_start,
     }
+
+
+def time_all(contenders, cases, opts):
+    """GEMM ceilings before, every case, ceilings after: ``(first, [timed per case], last)``."""
+    first = measure_ceilings(contenders, opts.repeat, opts.warmup, opts.gap, opts.gemm_n)
+    timed = [time_case(case, contenders, opts) for case in cases]
+    last = measure_ceilings(contenders, opts.repeat, opts.warmup, opts.gap, opts.gemm_n)
+    return first, timed, last
+
+
+def isolated_run(contender_name, opts):
+    """:func:`time_all` for one contender, in this (fresh) process."""
+    contender = contender_from_name(contender_name)
+    contender.try_setup()
+    first, timed, last = time_all([contender], select_cases(build_cases(opts.quick), opts.cases), opts)
+    return {"first": first, "timed": timed, "last": last, "error": contender.error}
+
+
+def run_isolated(contender, opts):
+    """Run :func:`isolated_run` in a fresh interpreter with the same options.
+
+    Returns its ``{"first", "timed", "last", "error"}``; on failure, the error in each place.
+    """
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_isolated", contender.name,
+           "--repeat", str(opts.repeat), "--warmup", str(opts.warmup), "--gap", str(opts.gap)]
+    for flag, value in (("--cases", opts.cases), ("--gemm-n", opts.gemm_n)):
+        if value is not None:
+            cmd += [flag, str(value)]
+    if opts.quick:
+        cmd.append("--quick")
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT)  # progress on stderr
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(ISOLATED_MARK):
+            return json.loads(line[len(ISOLATED_MARK):])
+    text = f"isolated run failed (exit status {proc.returncode})"
+    error = {contender.name: {"error": text}}
+    n_cases = len(select_cases(build_cases(opts.quick), opts.cases))
+    return {"first": error, "timed": [error] * n_cases, "last": error, "error": text}
 
 
 def time_case(case, contenders, opts):
@@ -1143,6 +1195,7 @@ def parse_args(argv=None):
     ap.add_argument("--list", action="store_true", help="list cases and contenders, then exit")
     ap.add_argument("--_memory-probe", dest="memory_probe", nargs=2, metavar=("CONTENDER", "CASE"),
                     help=argparse.SUPPRESS)
+    ap.add_argument("--_isolated", dest="isolated", metavar="CONTENDER", help=argparse.SUPPRESS)
     opts = ap.parse_args(argv)
     if opts.repeat is None:
         opts.repeat = QUICK_REPEAT if opts.quick else DEFAULT_REPEAT
@@ -1157,6 +1210,9 @@ def main(argv=None):
     if opts.memory_probe:
         record = memory_probe(*opts.memory_probe, opts.quick)
         print(PROBE_MARK + json.dumps(record), flush=True)
+        return 0
+    if opts.isolated:
+        print(ISOLATED_MARK + json.dumps(isolated_run(opts.isolated, opts)), flush=True)
         return 0
     if opts.list:
         for case in select_cases(build_cases(opts.quick), opts.cases):

@@ -17,6 +17,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import xpconv  # noqa: E402
 from bench import run, textbook  # noqa: E402
 
 try:
@@ -149,3 +150,28 @@ def test_harness_smoke(tmp_path):
     assert data["ceilings"]["textbook"]["gflops"] > 0
     assert data["environment"]["cpu_cores"] >= 1
     assert "maxpool/train" in (tmp_path / "smoke.md").read_text()
+
+
+def test_harness_times_other_backends_in_their_own_process(tmp_path):
+    """xpconv on array-api-strict is isolated: timed by a child process, merged into the table."""
+    pytest.importorskip("array_api_strict")
+    rc = run.main(["--quick", "--cases", "maxpool/infer", "--repeat", "1", "--warmup", "0",
+                   "--contenders", "textbook,xpconv:array_api_strict", "--gap", "0",
+                   "--gemm-n", "256", "--no-memory", "--no-plot", "--out", str(tmp_path), "--tag", "iso"])
+    assert rc == 0
+    data = json.loads((tmp_path / "iso.json").read_text())
+    (case,) = data["cases"]
+    assert list(case["results"]) == ["xpconv:array_api_strict", "textbook"]
+    r = case["results"]["xpconv:array_api_strict"]
+    assert len(r["samples_ms"]) == 1 and r["median_ms"] > 0
+    assert case["ratios"]["xpconv:array_api_strict / textbook"] > 0
+    assert data["ceilings"]["xpconv:array_api_strict"]["gflops"] > 0
+    assert data["contenders"]["xpconv:array_api_strict"]["error"] is None
+
+
+def test_default_devices_are_every_backend_but_fake_ones():
+    specs = run.xpconv_specs()
+    assert specs[0] == "cpu" and "array_api_strict:device1" not in specs
+    assert set(specs) == set(map(str, xpconv.available_devices())) - {"array_api_strict:device1"}
+    isolated = {c.name: c.isolated for c in run.discover_contenders("cpu,torch")}
+    assert isolated["xpconv:torch"] and not isolated["xpconv:cpu"] and not isolated["textbook"]

@@ -249,7 +249,8 @@ def test_conv2d_same_size_and_split_vs_torch(k, stride):
     ((9, 9), (2, 2), (3, 3), 0, "floor", False),     # gaps
 ])
 def test_window_geometry_tiles(hw, kernel, stride, pad, rounding, tiles):
-    """``tiles``: every input position lies in exactly one window (fold may skip zeroing)."""
+    """``tiles`` (so fold may skip zeroing) only when every input position lies in exactly
+    one window; it may say False for some that do (padded ones)."""
     geom = window2d("test", hw, kernel, stride, pad, 1, rounding)
     assert geom.tiles is tiles
     cover = np.zeros(hw, dtype=int)
@@ -260,7 +261,7 @@ def test_window_geometry_tiles(hw, kernel, stride, pad, rounding, tiles):
                 for j in range(kernel[1]):
                     if 0 <= top + i < hw[0] and 0 <= left + j < hw[1]:
                         cover[top + i, left + j] += 1
-    assert bool((cover == 1).all()) is tiles or geom.padded
+    assert bool((cover == 1).all()) is (tiles or geom.padded)
 
 
 def test_conv2d_exact_rounding_tiles(backend):

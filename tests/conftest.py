@@ -39,6 +39,21 @@ def backend(request) -> xpconv.Device:
     return make_backend(request.param)
 
 
+@pytest.fixture(autouse=True)
+def _every_generator_is_seeded(monkeypatch):
+    """A test that draws from an unseeded generator (``default_rng()`` or ``seed=None``, in a
+    test or inside xpconv: models, Trainer, Dropout) fails at once instead of flaking."""
+    real = np.random.default_rng
+
+    def seeded_only(seed=None):
+        if seed is None:
+            raise AssertionError("unseeded numpy.random.default_rng(): seed every generator "
+                                 "(model seed=, Trainer seed=, Dropout seed=)")
+        return real(seed)
+
+    monkeypatch.setattr(np.random, "default_rng", seeded_only)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(12345)

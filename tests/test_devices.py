@@ -221,12 +221,20 @@ def test_import_is_lazy():
     assert out.stdout.split() == ["False", "False", "False"]
 
 
-@pytest.mark.parametrize("call", ["xpconv.available_devices()", "xpconv.device('array_api_strict')",
-                                  "xpconv.device('torch')", "xpconv.device('auto')"])
-def test_fresh_interpreter_device_calls(call):
-    """The first xpconv call in a fresh interpreter (nothing else imported) works."""
-    out = _python(f"import xpconv\nprint({call})")
+@pytest.mark.parametrize("call, needs", [("xpconv.available_devices()", None),
+                                         ("xpconv.device('array_api_strict')", "array_api_strict"),
+                                         ("xpconv.device('torch')", "torch"),
+                                         ("xpconv.device('auto')", None)])
+def test_fresh_interpreter_device_calls(call, needs):
+    """The first xpconv call in a fresh interpreter (nothing else imported) works, and where
+    the library is missing it is one clear ValueError naming it (no ImportError)."""
+    out = _python(f"import xpconv\ntry:\n    print({call})\n"
+                  f"except ValueError as exc:\n    print('ValueError:', exc)")
     assert out.returncode == 0, out.stderr.strip().splitlines()[-1:]
+    if needs is None or _installed(needs):
+        assert not out.stdout.startswith("ValueError"), out.stdout
+    else:
+        assert out.stdout.startswith("ValueError") and needs in out.stdout and "not installed" in out.stdout, out.stdout
 
 
 def _code_text(path: pathlib.Path) -> str:

@@ -272,7 +272,7 @@ def test_dropout_bad_inputs():
         with pytest.raises(ValueError, match=r"Dropout: expected dropout_ratio in \[0, 1\]"):
             Dropout(ratio)
     with pytest.raises(TypeError, match=r"Dropout.forward: expected x with a floating-point"):
-        Dropout().forward(np.ones(3, dtype=np.int8))
+        Dropout(seed=0).forward(np.ones(3, dtype=np.int8))
     layer = Dropout(seed=0)
     with pytest.raises(RuntimeError, match="call forward first"):
         layer.backward(np.ones(3))

@@ -16,7 +16,7 @@ the book writes it:
 
 Everything is float32 (weights and inputs are cast), so timings compare like
 with like against xpconv and PyTorch.  Nothing here is tuned: it is the book's
-algorithm, used as the "before" number in ``bench/run.py``.
+algorithm, used as the "before" number in ``xpconv bench``.
 """
 
 from __future__ import annotations

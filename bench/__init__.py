@@ -1,1 +1,0 @@
-"""Benchmarks for xpconv: the textbook NumPy baseline and the timing harness."""

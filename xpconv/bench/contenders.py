@@ -1,0 +1,347 @@
+"""The contenders: xpconv on each device, the textbook NumPy baseline, PyTorch.
+
+Each contender is a small adapter that turns a case's host inputs into a
+zero-argument callable on its device (:func:`make_case`); a contender that fails
+to set up or to run is reported as ``error: ...`` and the run goes on.
+
+Names: ``xpconv:<spec>`` for the xpconv device specs ("cpu" = NumPy, "cuda:N" =
+CuPy, "torch", "jax", "array_api_strict"), ``textbook`` (:mod:`xpconv.bench.textbook`,
+NumPy on the CPU), ``torch-cpu`` and ``torch-cuda`` (``torch.nn.functional``).
+"""
+from __future__ import annotations
+
+import fnmatch
+from typing import Any, Callable
+
+import numpy as np
+
+from . import textbook
+from .cases import Case, case_inputs, split_patterns
+from .results import error_text
+
+_FAKE_DEVICES = ("array_api_strict:device1",)  # the same host memory under another name
+_IN_PROCESS_BACKENDS = ("cpu", "cuda", "numpy", "cupy")
+
+
+def block(out: Any) -> None:
+    """Wait for lazily computed results (JAX) inside nested outputs."""
+    if isinstance(out, (tuple, list)):
+        for o in out:
+            block(o)
+    elif isinstance(out, dict):
+        for o in out.values():
+            block(o)
+    elif hasattr(out, "block_until_ready"):
+        out.block_until_ready()
+
+
+def spec_class(spec: Any) -> str:
+    """"cuda" for GPU device specs / descriptions, else "cpu"."""
+    text = str(spec).lower()
+    return "cuda" if ("cuda" in text or text.split(":")[0] == "gpu") else "cpu"
+
+
+class Contender:
+    """Base adapter: builds callables for each case kind on one device.
+
+    Attributes:
+        name: the name in the tables.
+        device_class: "cpu" or "cuda": which GEMM size and which baselines apply.
+        is_baseline: a baseline (textbook, torch) rather than xpconv.
+        isolated: timed in a process of its own (see :func:`xpconv.bench.runner.run_isolated`).
+        error: why setup failed, or None.
+    """
+
+    name = "?"
+    device_class = "cpu"
+    is_baseline = True
+    isolated = False
+
+    def __init__(self):
+        self.error: str | None = None
+
+    def setup(self) -> None:
+        """Import the library / open the device; may raise."""
+
+    def try_setup(self) -> bool:
+        """Run :meth:`setup`, remembering a failure as ``self.error``."""
+        try:
+            self.setup()
+        except Exception as exc:  # reported in the table, the run goes on
+            self.error = error_text(exc)
+        return self.error is None
+
+    def sync(self, out: Any = None) -> None:
+        """Wait until the device has finished (and ``out`` is computed)."""
+        block(out)
+
+    def gemm(self, a: np.ndarray, b: np.ndarray) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def conv(self, data: dict, stride: int, pad: int, train: bool) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def pool(self, data: dict, size: int, stride: int, train: bool) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def net(self, data: dict, train: bool) -> Callable[[], Any]:
+        raise NotImplementedError
+
+
+def layer_callable(layer: Any, x: Any, dy: Any, train: bool) -> Callable[[], Any]:
+    """``forward`` (and ``backward``) of a book-style layer as a callable."""
+    if not train:
+        return lambda: layer.forward(x)
+
+    def step():
+        y = layer.forward(x)
+        return y, layer.backward(dy)
+    return step
+
+
+class TextbookContender(Contender):
+    """The book's algorithm in plain NumPy (:mod:`xpconv.bench.textbook`), CPU only."""
+
+    name = "textbook"
+
+    def gemm(self, a, b):
+        return lambda: np.matmul(a, b)
+
+    def conv(self, data, stride, pad, train):
+        layer = textbook.Convolution(data["w"], data["b"], stride=stride, pad=pad)
+        return layer_callable(layer, data["x"], data["dy"], train)
+
+    def pool(self, data, size, stride, train):
+        layer = textbook.Pooling(size, size, stride=stride)
+        return layer_callable(layer, data["x"], data["dy"], train)
+
+    def net(self, data, train):
+        net = textbook.SimpleConvNet(seed=0)
+        x, t = data["x"], data["t"]
+        return (lambda: net.gradient(x, t)) if train else (lambda: net.predict(x))
+
+
+def torch_simple_convnet(torch: Any) -> Any:
+    """The book's SimpleConvNet architecture as a ``torch.nn`` module."""
+    nn = torch.nn
+    return nn.Sequential(
+        nn.Conv2d(1, 30, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(30 * 12 * 12, 100), nn.ReLU(), nn.Linear(100, 10))
+
+
+class TorchContender(Contender):
+    """PyTorch (``torch.nn.functional``) on "cpu" or "cuda" (cuDNN, no TF32)."""
+
+    def __init__(self, device: str):
+        super().__init__()
+        self.device = device
+        self.device_class = device
+        self.name = f"torch-{device}"
+        self.torch = None
+
+    def setup(self):
+        import torch
+        if self.device == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError("torch.cuda is not available")
+            # Compare float32 with float32: no TF32 in cuDNN / cuBLAS.
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cudnn.benchmark = True
+        self.torch = torch
+
+    def sync(self, out=None):
+        if self.device == "cuda":
+            self.torch.cuda.synchronize()
+
+    def _tensor(self, a, grad=False):
+        t = self.torch.from_numpy(a).to(self.device)
+        return t.requires_grad_(True) if grad else t
+
+    def gemm(self, a, b):
+        ta, tb = self._tensor(a), self._tensor(b)
+        return lambda: self.torch.matmul(ta, tb)
+
+    def conv(self, data, stride, pad, train):
+        F = self.torch.nn.functional
+        x, w, b = (self._tensor(data[k], grad=train) for k in ("x", "w", "b"))
+        return self._op_callable(lambda: F.conv2d(x, w, b, stride=stride, padding=pad),
+                                 (x, w, b), self._tensor(data["dy"]), train)
+
+    def pool(self, data, size, stride, train):
+        F = self.torch.nn.functional
+        x = self._tensor(data["x"], grad=train)
+        return self._op_callable(lambda: F.max_pool2d(x, size, stride),
+                                 (x,), self._tensor(data["dy"]), train)
+
+    def _op_callable(self, op, leaves, dy, train):
+        """Forward only under inference_mode, or forward + ``y.backward(dy)``."""
+        if not train:
+            def forward():
+                with self.torch.inference_mode():
+                    return op()
+            return forward
+
+        def step():
+            for leaf in leaves:
+                leaf.grad = None
+            op().backward(dy)
+            return tuple(leaf.grad for leaf in leaves)
+        return step
+
+    def net(self, data, train):
+        torch, F = self.torch, self.torch.nn.functional
+        torch.manual_seed(0)
+        model = torch_simple_convnet(torch).to(self.device)
+        x, t = self._tensor(data["x"]), self._tensor(data["t"])
+        if not train:
+            def predict():
+                with torch.inference_mode():
+                    return model(x)
+            return predict
+
+        def step():
+            model.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), t)
+            loss.backward()
+            return loss
+        return step
+
+
+class XpconvContender(Contender):
+    """xpconv on one device spec ("cpu", "cuda:0", "torch", "jax", ...).
+
+    xpconv on torch, JAX and array-api-strict is ``isolated``: timed in a process of
+    its own, so that the library's runtime (JAX's threads slowed NumPy 1.4x when they
+    shared one) leaves the main comparison (NumPy/CuPy against the baselines) alone.
+    """
+
+    is_baseline = False
+
+    def __init__(self, spec: str):
+        super().__init__()
+        self.spec = spec
+        self.name = f"xpconv:{spec}"
+        self.device_class = spec_class(spec)
+        self.isolated = spec.split(":")[0] not in _IN_PROCESS_BACKENDS
+        self.xpconv = None
+        self.dev = None
+
+    def setup(self):
+        import xpconv
+        self.xpconv = xpconv
+        self.dev = xpconv.device(self.spec)
+        if spec_class(str(self.dev)) == "cuda":
+            self.device_class = "cuda"
+
+    def sync(self, out=None):
+        block(out)
+        self.dev.synchronize()
+
+    def gemm(self, a, b):
+        xp = self.dev.xp
+        da, db = self.dev.asarray(a), self.dev.asarray(b)
+        return lambda: xp.matmul(da, db)
+
+    def conv(self, data, stride, pad, train):
+        put = self.dev.asarray
+        kwargs = {}
+        k, size = data["w"].shape[-1], data["x"].shape[-1]
+        if (size + 2 * pad - k) % stride:  # the book and PyTorch floor; xpconv asks to say so
+            kwargs["rounding"] = "floor"
+        layer = self.xpconv.Convolution(put(data["w"]), put(data["b"]), stride=stride, pad=pad, **kwargs)
+        return layer_callable(layer, put(data["x"]), put(data["dy"]), train)
+
+    def pool(self, data, size, stride, train):
+        layer = self.xpconv.Pooling(size, size, stride=stride)
+        return layer_callable(layer, self.dev.asarray(data["x"]), self.dev.asarray(data["dy"]), train)
+
+    def net(self, data, train):
+        net = self.xpconv.SimpleConvNet(device=self.spec, seed=0)
+        x, t = self.dev.asarray(data["x"]), self.dev.asarray(data["t"])
+        return (lambda: net.gradient(x, t)) if train else (lambda: net.predict(x))
+
+
+def make_case(contender: Contender, case: Case) -> Callable[[], Any]:
+    """Zero-argument callable running ``case`` once on ``contender``.
+
+    Inputs are built (and put on the device) here, outside the timed call.
+    """
+    data = case_inputs(case)
+    p = case.params
+    if case.kind == "conv":
+        return contender.conv(data, p["stride"], p["pad"], case.train)
+    if case.kind == "pool":
+        return contender.pool(data, p["size"], p["stride"], case.train)
+    return contender.net(data, case.train)
+
+
+def contender_from_name(name: str) -> Contender:
+    """Rebuild a contender from its name (in a child process)."""
+    if name == "textbook":
+        return TextbookContender()
+    if name.startswith("torch-"):
+        return TorchContender(name[len("torch-"):])
+    if name.startswith("xpconv:"):
+        return XpconvContender(name[len("xpconv:"):])
+    raise SystemExit(f"unknown contender {name!r}")
+
+
+def _torch_cuda_available() -> tuple[Any, bool]:
+    try:
+        import torch
+    except Exception:
+        return None, False
+    return torch, bool(torch.cuda.is_available())
+
+
+def _matches(spec: str, wanted: str) -> bool:
+    return spec == wanted or spec.split(":")[0] == wanted
+
+
+def xpconv_specs(devices: str | None = None) -> list[str]:
+    """The xpconv device specs to benchmark.
+
+    Default: every spec of ``xpconv.available_devices()`` but the fake devices of
+    array-api-strict; ``devices`` ("cpu,cuda"): specs equal to an entry or with it
+    as prefix before ":" (an entry matching nothing is kept, so its failure shows
+    up in the table).
+    """
+    try:
+        import xpconv
+        available = [str(s) for s in xpconv.available_devices()]
+    except Exception:
+        available = None  # xpconv not importable: its contender will show the error
+    if available is None:
+        _, cuda = _torch_cuda_available()
+        available = ["cpu"] + (["cuda:0"] if cuda else [])
+    wanted = split_patterns(devices)
+    if not wanted:
+        return [s for s in available if s not in _FAKE_DEVICES]
+    specs = [s for s in available if any(_matches(s, w) for w in wanted)]
+    return specs + [w for w in wanted if not any(_matches(s, w) for s in specs)]
+
+
+def discover_contenders(devices: str | None = None, patterns: str | None = None) -> list[Contender]:
+    """xpconv contenders first, then the baselines on the same device classes.
+
+    Args:
+        devices: comma-separated xpconv device specs/prefixes (None: every available one).
+        patterns: comma-separated ``fnmatch`` patterns over contender names (None: all).
+    """
+    contenders: list[Contender] = [XpconvContender(s) for s in xpconv_specs(devices)]
+    torch, cuda = _torch_cuda_available()
+    if devices:
+        classes = {spec_class(d) for d in split_patterns(devices)}
+    else:
+        classes = {"cpu"} | ({"cuda"} if cuda else set())
+    if "cpu" in classes:
+        contenders.append(TextbookContender())
+        if torch is not None:
+            contenders.append(TorchContender("cpu"))
+    if "cuda" in classes and cuda:
+        contenders.append(TorchContender("cuda"))
+    pats = split_patterns(patterns)
+    if pats:
+        contenders = [c for c in contenders if any(fnmatch.fnmatchcase(c.name, p) for p in pats)]
+    return contenders

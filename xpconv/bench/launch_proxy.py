@@ -1,0 +1,73 @@
+"""GPU launch proxy: kernel ops and blocking syncs of one call, counted on torch's CPU backend.
+
+There is no GPU here to count launches on, so the benchmark counts what would be
+launches: one call of each case runs on torch CPU tensors under
+:func:`xpconv.launches.count_launches` (a ``TorchDispatchMode``), for xpconv on
+torch and for native PyTorch.  ``ops`` are the aten ops that would be at least
+one CUDA kernel launch each, ``syncs`` the blocking device-to-host syncs
+(``_local_scalar_dense``, ``is_nonzero``, ``nonzero``, ``item``).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .cases import Case
+from .contenders import Contender, TorchContender, XpconvContender, make_case
+from .results import LaunchRecord, error_text
+
+LABEL = "GPU launch proxy: aten ops on torch CPU"
+
+
+def launch_counter() -> tuple[Callable[..., Any] | None, str | None]:
+    """``(count_launches, None)``, or ``(None, why the proxy cannot be counted)``."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return None, "torch is not installed"
+    try:
+        from xpconv.launches import count_launches
+    except ImportError as exc:
+        return None, f"xpconv.launches is not available ({error_text(exc)})"
+    return count_launches, None
+
+
+def proxy_contenders() -> dict[str, Contender]:
+    """The two counted: ``"xpconv:torch"`` (xpconv's layers on torch) and ``"torch"`` (native)."""
+    return {"xpconv:torch": XpconvContender("torch"), "torch": TorchContender("cpu")}
+
+
+def count_call(contender: Contender, case: Case, count_launches: Callable[..., Any]) -> LaunchRecord:
+    """Ops and syncs of one call of ``case`` on ``contender``, after one uncounted call.
+
+    The uncounted call keeps lazy initialisation (first-call caches) out of the count,
+    as the steady state of a training loop.
+    """
+    if contender.error:
+        return LaunchRecord(error=contender.error)
+    try:
+        fn = make_case(contender, case)
+        contender.sync(fn())
+        with count_launches() as counted:
+            contender.sync(fn())
+        return LaunchRecord(ops=int(counted.ops), syncs=int(counted.syncs), by_op=dict(counted.by_op))
+    except Exception as exc:  # reported in the table, the run goes on
+        return LaunchRecord(error=error_text(exc))
+
+
+def count_launches_per_case(cases: list[Case], log: Callable[[str], None] = lambda msg: None,
+                            ) -> tuple[dict[str, dict[str, LaunchRecord]], str | None]:
+    """Launch proxy of every case: ``{case id: {"xpconv:torch": ..., "torch": ...}}`` and a note.
+
+    The note says why nothing was counted (torch or ``xpconv.launches`` missing), else None.
+    """
+    count_launches, why = launch_counter()
+    if count_launches is None:
+        return {}, f"{LABEL}: not counted, {why}"
+    contenders = proxy_contenders()
+    for c in contenders.values():
+        c.try_setup()
+    counts = {}
+    for case in cases:
+        log(f"launch proxy {case.id}")
+        counts[case.id] = {name: count_call(c, case, count_launches) for name, c in contenders.items()}
+    return counts, None

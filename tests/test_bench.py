@@ -90,9 +90,7 @@ def test_default_devices_are_every_backend_but_fake_ones():
     assert specs[0] == "cpu" and "array_api_strict:device1" not in specs
     assert set(specs) == set(map(str, xpconv.available_devices())) - {"array_api_strict:device1"}
     isolated = {c.name: c.isolated for c in discover_contenders("cpu,torch")}
-    assert not isolated["xpconv:cpu"] and not isolated["textbook"]
-    if "torch" in specs:
-        assert isolated["xpconv:torch"]
+    assert isolated["xpconv:torch"] and not isolated["xpconv:cpu"] and not isolated["textbook"]
 
 
 def test_xpconv_bench_help_is_the_benchmarks_own(capsys):

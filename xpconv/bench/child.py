@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -18,14 +19,16 @@ PROBE_MARK = "MEMORY_PROBE "
 
 
 def child_env() -> dict[str, str]:
-    """This environment, with the folder holding this ``xpconv`` first on PYTHONPATH.
+    """This environment; for a source checkout, with the folder holding ``xpconv`` first on PYTHONPATH.
 
-    So the child runs the same xpconv as this process (a source checkout or an
-    installed copy) wherever it is started from.
+    So the child runs the same xpconv as this process wherever it is started from
+    (an installed copy is found by the interpreter itself).
     """
-    root = str(Path(xpconv.__file__).resolve().parents[1])
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    root = Path(xpconv.__file__).resolve().parents[1]
+    site_dirs = {Path(d).resolve() for d in [*site.getsitepackages(), site.getusersitepackages()]}
+    if root not in site_dirs:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root), env.get("PYTHONPATH")) if p)
     return env
 
 

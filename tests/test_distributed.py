@@ -50,6 +50,18 @@ def test_shares_are_contiguous_cover_the_batch_and_differ_by_at_most_one():
     assert [_Rank(r, 3).share(2) for r in range(3)] == [(0, 1), (1, 2), (2, 2)]
 
 
+def test_each_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
+    monkeypatch.setattr(distributed, "resolve_device", lambda spec: spec)
+    for seen, expected in ((4, "cuda:3"), (2, "cuda:1"), (1, "cuda:0")):   # 1: srun's binding
+        monkeypatch.setattr(distributed, "_visible_gpus", lambda prefix, seen=seen: seen)
+        rank = _Rank(7, 8)
+        rank.local_rank = 3
+        assert rank.local_device("cuda") == rank.local_device("auto") == expected
+        assert rank.local_device("torch:cuda") == "torch:" + expected
+        assert rank.local_device("cuda:0") == "cuda:0"                      # an index: as given
+    assert rank.local_device("torch") == "torch" and rank.local_device("CPU") == "cpu"
+
+
 def test_outside_mpiexec_init_is_one_process_without_mpi(monkeypatch):
     for name in distributed._LAUNCHER_VARS + ("SLURM_STEP_NUM_TASKS",):
         monkeypatch.delenv(name, raising=False)

@@ -280,28 +280,26 @@ class Communicator:
     def local_device(self, spec="auto") -> Device:
         """The device of this rank: a GPU spec without an index becomes this rank's GPU.
 
-        "auto" (a GPU when CuPy can use one), "cuda"/"gpu" -> ``cuda:{local_rank}``;
-        "torch:cuda" -> ``torch:cuda:{local_rank}``; "jax:gpu" -> ``jax:gpu:{local_rank}``.
-        Any other spec (also one with an index) is used as given.
+        "auto" (a GPU when CuPy can use one), "cuda"/"gpu" -> ``cuda:{g}``, "torch:cuda" ->
+        ``torch:cuda:{g}``, "jax:gpu" -> ``jax:gpu:{g}`` with ``g = local_rank % (GPUs this
+        rank sees)``: one GPU per rank when each sees them all, and GPU 0 when the launcher
+        gives each rank one GPU (``srun --gpus-per-task=1``). Start at most one rank per
+        GPU (NCCL refuses two ranks on one GPU). Any other spec (also one with an index)
+        is used as given.
         """
         if isinstance(spec, Device):
             return spec
         text = str(spec).strip().lower()
         if text == "auto":
-            from ..devices import _cupy_gpu_count
-            text = "cuda" if _cupy_gpu_count() > 0 else "cpu"
-        local = {"cuda": f"cuda:{self.local_rank}", "gpu": f"cuda:{self.local_rank}",
-                 "torch:cuda": f"torch:cuda:{self.local_rank}",
-                 "jax:gpu": f"jax:gpu:{self.local_rank}"}.get(text)
-        if local is None:
-            return resolve_device(spec if text != "cpu" else "cpu")
-        try:
-            return resolve_device(local)
-        except ValueError as exc:
-            raise ValueError(f"rank {self.rank} (local rank {self.local_rank} on its machine) "
-                             f"uses GPU {self.local_rank}, which is not usable: {exc}. Start at "
-                             f"most one rank per GPU on each machine, or pass a CPU device"
-                             ) from None
+            text = "cuda" if _visible_gpus("cuda") > 0 else "cpu"
+        prefix = {"cuda": "cuda", "gpu": "cuda", "torch:cuda": "torch:cuda",
+                  "jax:gpu": "jax:gpu"}.get(text)
+        if prefix is None:
+            return resolve_device(text if text == "cpu" else spec)
+        count = _visible_gpus(prefix)
+        if count == 0:
+            return resolve_device(prefix)       # raises: says why no GPU is usable
+        return resolve_device(f"{prefix}:{self.local_rank % count}")
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(rank={self.rank}, size={self.size}, "
@@ -559,6 +557,23 @@ def _abort_on_uncaught_exception(world: Communicator) -> None:
             world.abort(1)
 
     sys.excepthook = excepthook
+
+
+def _visible_gpus(prefix: str) -> int:
+    """GPUs this process sees through CuPy ("cuda"), torch ("torch:cuda") or JAX ("jax:gpu")."""
+    from ..devices import _cupy_gpu_count, _importable
+    try:
+        if prefix == "cuda":
+            return _cupy_gpu_count()
+        if prefix == "torch:cuda" and _importable("torch"):
+            import torch
+            return torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if prefix == "jax:gpu" and _importable("jax"):
+            import jax
+            return len(jax.devices("gpu"))
+    except RuntimeError:    # JAX without a GPU backend
+        return 0
+    return 0
 
 
 def _int_env(name: str) -> int:

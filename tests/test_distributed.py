@@ -48,6 +48,8 @@ def test_shares_are_contiguous_cover_the_batch_and_differ_by_at_most_one():
             assert max(sizes) - min(sizes) <= 1 and sizes == sorted(sizes, reverse=True)
     assert [_Rank(r, 3).share(100) for r in range(3)] == [(0, 34), (34, 67), (67, 100)]
     assert [_Rank(r, 3).share(2) for r in range(3)] == [(0, 1), (1, 2), (2, 2)]
+    order = np.arange(10)[::-1]
+    np.testing.assert_array_equal(np.concatenate([_Rank(r, 3).shard(order) for r in range(3)]), order)
 
 
 def test_each_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
@@ -233,6 +235,7 @@ def test_n_ranks_reproduce_one_process_in_float64(trained, backend, n):
 
 def test_cli_distributed_reproduces_one_process_and_only_rank_0_prints_and_saves(tmp_path, capsys):
     from xpconv import cli
+    _mpiexec()
     (x, t), _ = xpconv.datasets.load_bundled_mnist(normalize=False, flatten=False)
     np.savez(tmp_path / "tiny.npz", x=x[:300, 0], t=t[:300])
     args = ["train", "--data", str(tmp_path / "tiny.npz"), "--dtype", "float64", "--epochs", "1",

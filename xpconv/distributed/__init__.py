@@ -118,7 +118,7 @@ class Communicator:
     ``sum(a)``/``broadcast(a, root)`` work in place on arrays of any supported library
     and return ``a`` (a new array for JAX, whose arrays are immutable); ``sum_ints``,
     ``broadcast_object`` and ``barrier`` are for host values. Data-parallel steps:
-    ``share``, ``gradient``, ``allreduce_gradients``, ``accuracy``, ``broadcast_model``,
+    ``share``/``shard``, ``gradient``, ``allreduce_gradients``, ``accuracy``, ``broadcast_model``,
     ``broadcast_rng``; ``local_device`` picks this rank's GPU.
 
     Attributes:
@@ -177,6 +177,11 @@ class Communicator:
         q, r = divmod(int(n), self.size)
         start = self.rank * q + min(self.rank, r)
         return start, start + q + (1 if self.rank < r else 0)
+
+    def shard(self, items):
+        """This rank's contiguous share of ``items`` (a host index array, a list, ...)."""
+        start, stop = self.share(len(items))
+        return items[start:stop]
 
     def gradient(self, network, x, t, batch):
         """Gradient and mean loss of a global batch, summed over the ranks.
@@ -264,12 +269,13 @@ class Communicator:
             new = self.broadcast(value)
             if new is not value:
                 network.params[name] = new
-        for _, layer, attr in network._buffers():
+        buffers = network._buffers() if hasattr(network, "_buffers") else ()
+        for _, layer, attr in buffers:
             value = getattr(layer, attr)
             new = self.broadcast(value)
             if new is not value:
                 setattr(layer, attr, new)
-        for layer in network.layers.values():
+        for layer in getattr(network, "layers", {}).values():
             self.broadcast_rng(getattr(layer, "_rng", None))
 
     def broadcast_rng(self, rng) -> None:

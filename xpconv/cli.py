@@ -20,10 +20,15 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    from .trainer import TrainingDiverged
     try:
         return args.run(args)
+    except TrainingDiverged as exc:   # with --distributed, every rank stops at the same step
+        if _is_root():
+            print(f"xpconv {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except (ValueError, TypeError, OSError, RuntimeError) as exc:
-        print(f"xpconv {args.command}: error: {exc}", file=sys.stderr)
+        _fail_on_this_rank(f"xpconv {args.command}: error: {exc}")
         return 1
 
 
@@ -54,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters here (.npz)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of 'mpiexec -n N' (pip install \"xpconv[mpi]\"); "
+                        "--batch-size stays the global batch; each rank uses its own GPU")
+    t.add_argument("--transport", choices=("host", "nccl"), default=None,
+                   help="with --distributed, how CuPy gradients travel: host (default: through "
+                        "host memory, any MPI) or nccl (GPU to GPU through CuPy's NCCL)")
     t.set_defaults(run=_train)
 
     f = sub.add_parser("filters", help="draw the first layer's filters of saved parameters")
@@ -84,18 +95,32 @@ def _train(args) -> int:
     from .datasets import DatasetUnavailableError, load_dataset
     from .devices import device
 
-    dev = device(args.device)
+    comm = None
+    if args.distributed:
+        from .distributed import init
+        comm = init(transport=args.transport or "host")
+    elif args.transport:
+        raise ValueError("--transport is for --distributed runs (mpiexec -n N xpconv train "
+                         "--distributed --transport nccl)")
+    root = comm is None or comm.is_root
+    say = print if root else _silent
+    dev = device(args.device) if comm is None else comm.local_device(args.device)
     name = args.data or "mnist"
-    try:
-        (x_train, t_train), (x_test, t_test) = load_dataset(name)
-    except DatasetUnavailableError as exc:
-        if args.data is not None:
-            raise
-        first = str(exc).splitlines()[0]
-        print(f"full MNIST unavailable ({first}); using the bundled MNIST test set instead "
-              f"(8,000 train / 2,000 validation)", file=sys.stderr)
-        name = "mnist-bundled"
-        (x_train, t_train), (x_test, t_test) = load_dataset(name)
+    if root:   # rank 0 loads (and downloads) first; the others then load what it chose
+        try:
+            (x_train, t_train), (x_test, t_test) = load_dataset(name)
+        except DatasetUnavailableError as exc:
+            if args.data is not None:
+                raise
+            first = str(exc).splitlines()[0]
+            print(f"full MNIST unavailable ({first}); using the bundled MNIST test set instead "
+                  f"(8,000 train / 2,000 validation)", file=sys.stderr)
+            name = "mnist-bundled"
+            (x_train, t_train), (x_test, t_test) = load_dataset(name)
+    if comm is not None:
+        name = comm.broadcast_object(name)
+        if not root:
+            (x_train, t_train), (x_test, t_test) = load_dataset(name)
     if args.limit:
         x_train, t_train, x_test, t_test = (a[:args.limit] for a in (x_train, t_train, x_test, t_test))
     classes = int(max(t_train.max(), t_test.max())) + 1
@@ -103,23 +128,51 @@ def _train(args) -> int:
     model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]
     kwargs = dict(input_dim=input_dim, output_size=classes, device=dev, dtype=args.dtype, seed=args.seed)
     network = model_class(**kwargs)
-    print(f"xpconv train: {model_class.__name__} on {dev} ({dev.xp.__name__}), data {name}: "
-          f"{len(x_train)} train / {len(x_test)} test images {input_dim}, {args.optimizer} lr={args.lr}, "
-          f"batch {args.batch_size}, {args.epochs} epochs, seed {args.seed}")
+    ranks = "" if comm is None else (f" (global, over {comm.size} rank{'s' if comm.size > 1 else ''}, "
+                                    f"transport {comm.transport})")
+    say(f"xpconv train: {model_class.__name__} on {dev} ({dev.xp.__name__}), data {name}: "
+        f"{len(x_train)} train / {len(x_test)} test images {input_dim}, {args.optimizer} lr={args.lr}, "
+        f"batch {args.batch_size}{ranks}, {args.epochs} epochs, seed {args.seed}")
     trainer = Trainer(network, x_train, t_train, x_test, t_test, epochs=args.epochs,
                       mini_batch_size=args.batch_size, optimizer=args.optimizer,
-                      optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed)
+                      optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed,
+                      comm=comm)
     start = time.perf_counter()
     trainer.train()
     total = time.perf_counter() - start
     per_epoch = sorted(trainer.epoch_seconds)[len(trainer.epoch_seconds) // 2]
-    print(f"summary: test accuracy {trainer.test_acc:.4f} on {len(x_test)} images ({name}); "
-          f"{per_epoch:.2f} s/epoch (median), {total:.1f} s in total on {dev}")
-    if args.save:
+    on = f"{dev}" if comm is None else f"{comm.size} ranks ({dev} on rank 0)"
+    say(f"summary: test accuracy {trainer.test_acc:.4f} on {len(x_test)} images ({name}); "
+        f"{per_epoch:.2f} s/epoch (median), {total:.1f} s in total on {on}")
+    if args.save and root:   # the ranks hold the same parameters: rank 0 writes them
         network.save_params(args.save)
         print(f"saved parameters to {args.save} (load with {model_class.__name__}("
               f"input_dim={input_dim}, output_size={classes}).load_params({args.save!r}))")
+    if comm is not None:
+        comm.barrier()       # no rank reports success before the file is written
     return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _is_root() -> bool:
+    from .distributed import active
+    comm = active()
+    return comm is None or comm.is_root
+
+
+def _fail_on_this_rank(message: str) -> None:
+    """Print the error; in a job of several ranks, end them all (the others would wait
+    for this one in their next collective)."""
+    from .distributed import active
+    comm = active()
+    if comm is None or comm.size == 1:
+        print(message, file=sys.stderr)
+        return
+    print(f"{message} (rank {comm.rank} of {comm.size}; ending all ranks)", file=sys.stderr)
+    comm.abort(1)
 
 
 def _filters(args) -> int:

@@ -34,6 +34,12 @@ class Trainer:
             epoch (None: all).
         verbose: show a progress bar and per-epoch accuracies.
         seed: seed of the host RNG that shuffles the batches.
+        comm: an ``xpconv.distributed`` communicator for data-parallel training over
+            its ranks (``mpiexec -n N``), or None (one process). ``mini_batch_size``
+            stays the global batch: each rank takes its contiguous share of every batch,
+            the gradients are summed over the ranks before each step, rank 0's
+            parameters and shuffling state are broadcast when ``train()`` starts, and
+            accuracies count every rank's samples; only rank 0 prints.
 
     After ``train()``: ``train_loss_list`` (every step), ``train_acc_list``,
     ``test_acc_list`` and ``epoch_seconds`` (one per epoch), ``test_acc`` (final, on
@@ -42,7 +48,7 @@ class Trainer:
 
     def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20, mini_batch_size=100,
                  optimizer="SGD", optimizer_param={"lr": 0.01}, evaluate_sample_num_per_epoch=None,
-                 verbose=True, *, seed=None):
+                 verbose=True, *, seed=None, comm=None):
         if len(x_train) != len(t_train) or len(x_test) != len(t_test):
             raise ValueError(f"Trainer: x and t must have the same length; got train {len(x_train)} vs "
                              f"{len(t_train)}, test {len(x_test)} vs {len(t_test)}")
@@ -61,6 +67,7 @@ class Trainer:
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
         self.verbose = verbose
         self.rng = host_rng(seed)
+        self.comm = comm
         self.train_loss_list: list[float] = []
         self.train_acc_list: list[float] = []
         self.test_acc_list: list[float] = []
@@ -75,7 +82,11 @@ class Trainer:
         """One optimizer step on a batch already on the device; returns the loss."""
         grads = self.network.gradient(x_batch, t_batch)
         self.optimizer.update(self.network.params, grads)
-        loss = float(to_numpy(self.network.last_layer.loss))
+        return self._record_loss(self.network.last_layer.loss)
+
+    def _record_loss(self, loss) -> float:
+        """Append the step's loss; stop with TrainingDiverged if it is NaN or infinite."""
+        loss = float(to_numpy(loss))
         if not math.isfinite(loss):
             lr = getattr(self.optimizer, "lr", "?")
             raise TrainingDiverged(
@@ -89,28 +100,33 @@ class Trainer:
         """Run every epoch; returns self."""
         xp = array_namespace(self.x_train)
         n = self.x_train.shape[0]
-        bar = _progress(self.epochs * self.steps_per_epoch, self.verbose)
+        self._distributed_start()
+        verbose = self.verbose and self._is_root
+        bar = _progress(self.epochs * self.steps_per_epoch, verbose)
         try:
             for epoch in range(1, self.epochs + 1):
                 start = time.perf_counter()
                 order = self.rng.permutation(n)
                 for s in range(0, n, self.batch_size):
-                    idx = self.network.device.asarray(order[s:s + self.batch_size])
-                    loss = self.train_step(xp.take(self.x_train, idx, axis=0),
-                                           xp.take(self.t_train, idx, axis=0))
+                    if self.comm is None:
+                        idx = self.network.device.asarray(order[s:s + self.batch_size])
+                        loss = self.train_step(xp.take(self.x_train, idx, axis=0),
+                                               xp.take(self.t_train, idx, axis=0))
+                    else:
+                        loss = self._distributed_step(order[s:s + self.batch_size])
                     bar.update(1)
                     bar.set_postfix(epoch=epoch, loss=f"{loss:.4f}", refresh=False)
                 self.epoch_seconds.append(time.perf_counter() - start)
                 train_acc, test_acc = self._evaluate()
                 self.train_acc_list.append(train_acc)
                 self.test_acc_list.append(test_acc)
-                if self.verbose:
+                if verbose:
                     bar.write(f"epoch {epoch:>3}/{self.epochs}: loss {loss:.4f}  train acc {train_acc:.4f}  "
                               f"test acc {test_acc:.4f}  ({self.epoch_seconds[-1]:.1f} s)")
         finally:
             bar.close()
-        self.test_acc = self.network.accuracy(self.x_test, self.t_test)
-        if self.verbose:
+        self.test_acc = self._accuracy(self.x_test, self.t_test)
+        if verbose:
             print(f"=============== Final Test Accuracy ===============\ntest acc: {self.test_acc:.4f}")
         return self
 
@@ -121,7 +137,35 @@ class Trainer:
         if k is not None:
             k1, k2 = min(k, xs.shape[0]), min(k, xt.shape[0])
             xs, ts, xt, tt = xs[:k1, ...], ts[:k1, ...], xt[:k2, ...], tt[:k2, ...]
-        return self.network.accuracy(xs, ts), self.network.accuracy(xt, tt)
+        return self._accuracy(xs, ts), self._accuracy(xt, tt)
+
+    # ------------------------------------------------------------------ data parallel (comm)
+    # With comm=None these are the one-process behaviour; the work is in xpconv.distributed.
+    @property
+    def _is_root(self) -> bool:
+        """Whether this process prints (rank 0, or the only process)."""
+        return self.comm is None or self.comm.rank == 0
+
+    def _distributed_start(self) -> None:
+        """Rank 0's parameters, buffers, Dropout generators and shuffling state everywhere."""
+        if self.comm is not None:
+            self.comm.broadcast_model(self.network)
+            self.comm.broadcast_rng(self.rng)
+
+    def _distributed_step(self, batch) -> float:
+        """One step on this rank's share of ``batch`` (host indices of the global batch):
+        the global batch's gradient and loss are summed over the ranks, then the same
+        update runs on every rank. Every rank sees the same loss, so a divergence stops
+        them all at the same step."""
+        grads, loss = self.comm.gradient(self.network, self.x_train, self.t_train, batch)
+        self.optimizer.update(self.network.params, grads)
+        return self._record_loss(loss)
+
+    def _accuracy(self, x, t) -> float:
+        """Accuracy on (x, t); with comm, integer counts of disjoint shares summed (exact)."""
+        if self.comm is None:
+            return self.network.accuracy(x, t)
+        return self.comm.accuracy(self.network, x, t)
 
 
 def _progress(total: int, enabled: bool):

@@ -11,6 +11,7 @@ from array_api_compat import array_namespace
 
 from .._checks import check_array, check_floating, check_grad, check_ndim, check_same_place
 from ..devices import device_scope, from_host, host_rng, keep_where
+from ..distributed import current_shard
 
 __all__ = ["Affine", "Relu", "Sigmoid", "Flatten", "Dropout"]
 
@@ -199,6 +200,11 @@ class Dropout:
     ``numpy.random.default_rng(seed)`` (one generator per layer: each forward draws a
     new mask, reproducibly for a given seed) and moved once to x's device.
 
+    In a distributed step (``xpconv.distributed``), where this rank holds rows
+    ``[start, stop)`` of a global batch of B, the mask is drawn for all B rows (every rank's
+    generator has rank 0's state, set by the Trainer) and this rank keeps its rows: the
+    masks of one process with batch B, whatever the number of ranks.
+
     Args:
         dropout_ratio: probability of dropping an element, in [0, 1].
         seed: seed (or ``numpy.random.Generator``) for the masks; None for fresh entropy.
@@ -222,13 +228,24 @@ class Dropout:
         xp = array_namespace(x)
         with device_scope(x):
             if train_flg:
-                keep = self._rng.random(tuple(x.shape)) > self.dropout_ratio   # host bool
+                keep = self._draw_keep(x)                                    # host bool
                 self.mask = from_host(keep, like=x)
                 self._scale = xp.astype(self.mask, x.dtype)
                 return x * self._scale
             self.mask = None
             self._scale = 1.0 - self.dropout_ratio
             return x * self._scale
+
+    def _draw_keep(self, x):
+        """Host keep-mask of x's shape; in a distributed step, this rank's rows of the
+        global batch's mask."""
+        shape = tuple(x.shape)
+        shard = current_shard()
+        if shard is None:
+            return self._rng.random(shape) > self.dropout_ratio
+        shard.check_rows("Dropout.forward", x)
+        mask = self._rng.random((shard.total,) + shape[1:]) > self.dropout_ratio
+        return mask[shard.start:shard.stop]
 
     def backward(self, dout):
         who = "Dropout.backward"

@@ -7,6 +7,7 @@ from array_api_compat import array_namespace
 
 from .._checks import check_floating, check_grad, check_ndim, check_same_place
 from ..devices import device_scope
+from ..distributed import current_shard
 
 __all__ = ["BatchNormalization"]
 
@@ -39,6 +40,14 @@ class BatchNormalization:
 
     After an inference forward, backward treats the running statistics as constants:
     ``dx = gamma / sqrt(running_var + eps) * dout``.
+
+    In a distributed step (``xpconv.distributed``; the Trainer with ``comm=`` sets it),
+    where this rank holds rows ``[start, stop)`` of a global batch of B, the statistics are
+    those of the whole global batch, as PyTorch's ``SyncBatchNorm`` does: the sums of ``x``
+    and then of ``(x - mean)**2`` are summed over the ranks (two passes, as above), and in
+    backward so are ``sum(dout)`` and ``sum(dout * xn)`` (weighted by ``n_r / B``, since each
+    rank's ``dout`` is that of its own mean loss). So N ranks compute what one process
+    computes on the global batch; ``m`` counts the values of the whole batch.
 
     Args:
         gamma, beta: scale and shift, (D,) or (C,).
@@ -83,6 +92,7 @@ class BatchNormalization:
         self.xn = None                 # normalised input, kept for backward
         self.std = None                # sqrt(var + eps), broadcastable against x
         self._train = None
+        self._shard = None             # the distributed step's shard of the last forward
         self.dgamma = self.dbeta = None
 
     def forward(self, x, train_flg=True):
@@ -100,18 +110,31 @@ class BatchNormalization:
                              f"got {tuple(x.shape)}")
         axes, shape = _axes_and_shape(x.ndim, D)
         m = math.prod(x.shape[i] for i in axes)   # values per feature
+        shard = current_shard() if train_flg else None
+        if shard is not None and shard.comm.size == 1:
+            shard = None                          # one rank: the batch is all here
+        if shard is not None:
+            shard.check_rows(who, x)
+            m = shard.total * math.prod(x.shape[2:])   # values per feature, all ranks
         xp = array_namespace(x)
         self.input_shape = tuple(x.shape)
         self.batch_size = x.shape[0]
+        self._shard = shard
         with device_scope(x):
             if train_flg:
                 if m < 2:
                     raise ValueError(f"{who}: training needs more than 1 value per "
                                      f"{'feature' if x.ndim == 2 else 'channel'} to estimate a "
-                                     f"variance; got x of shape {tuple(x.shape)}")
-                mu = xp.mean(x, axis=axes)                                # (D,)
-                xc = x - xp.reshape(mu, shape)
-                var = xp.mean(xc * xc, axis=axes)                         # biased, (D,)
+                                     f"variance; got x of shape {tuple(x.shape)}"
+                                     + (f" (batch of {shard.total} over the ranks)" if shard else ""))
+                if shard is None:
+                    mu = xp.mean(x, axis=axes)                            # (D,)
+                    xc = x - xp.reshape(mu, shape)
+                    var = xp.mean(xc * xc, axis=axes)                     # biased, (D,)
+                else:                                                     # over all ranks
+                    mu = shard.comm.sum(xp.sum(x, axis=axes)) / m
+                    xc = x - xp.reshape(mu, shape)
+                    var = shard.comm.sum(xp.sum(xc * xc, axis=axes)) / m
                 self.std = xp.sqrt(xp.reshape(var, shape) + self.eps)
                 self.xn = xc / self.std
                 mom = self.momentum
@@ -136,9 +159,30 @@ class BatchNormalization:
             scale = xp.reshape(self.gamma, shape) / self.std
             if not self._train:
                 return scale * dout
-            mean_dout = xp.mean(dout, axis=axes, keepdims=True)
-            mean_dout_xn = xp.mean(dout * self.xn, axis=axes, keepdims=True)
-            return scale * (dout - mean_dout - self.xn * mean_dout_xn)
+            if self._shard is None:
+                mean_dout = xp.mean(dout, axis=axes, keepdims=True)
+                mean_dout_xn = xp.mean(dout * self.xn, axis=axes, keepdims=True)
+                return scale * (dout - mean_dout - self.xn * mean_dout_xn)
+            return scale * self._synced_backward(dout, axes, shape)
+
+    def _synced_backward(self, dout, axes, shape):
+        """``dout - mean(dout) - xn * mean(dout * xn)`` with the means over all ranks.
+
+        Rank r's ``dout`` is the gradient of its own mean loss, ``1 / w_r`` times its part
+        of the global loss's (``w_r = n_r / B``). The global sums are
+        ``S = sum_r w_r * sum(dout_r)`` (one all-reduce for both), and
+        ``S / m / w_r = S / m_r`` with ``m_r`` this rank's values per feature brings the
+        means back to this rank's scale.
+        """
+        xp = array_namespace(dout)
+        D = self.gamma.shape[0]
+        sums = self._shard.comm.sum(xp.concat([self.dbeta, self.dgamma]) * self._shard.weight)
+        m_r = math.prod(dout.shape[i] for i in axes)
+        if m_r == 0:                              # no rows here: joined the sum, nothing to do
+            return dout
+        mean_dout = xp.reshape(sums[:D], shape) / m_r
+        mean_dout_xn = xp.reshape(sums[D:], shape) / m_r
+        return dout - mean_dout - self.xn * mean_dout_xn
 
     def __repr__(self) -> str:
         return (f"BatchNormalization({self.gamma.shape[0]}, momentum={self.momentum}, "

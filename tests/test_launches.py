@@ -98,3 +98,45 @@ def test_simple_convnet_counts_both_sides(dev):
     assert counts["xpconv"].ops > native.ops
     if dev == "meta":
         assert native.syncs == 0 and native.host_ops >= 1      # torch.optim's CPU step counters
+
+
+# ----------------------------------------------------------------------------- the budget
+
+# kernel ops of one SimpleConvNet step (batch 100, gradient + Adam update) as measured on
+# the meta device; native torch (nn.Module + Adam(foreach=True)) takes 28. Tighten it when
+# the pool and loss changes land (target: <= 1.5x native = 42).
+STEP_OPS_BUDGET = 91
+
+
+def test_simple_convnet_step_stays_within_the_op_budget():
+    counts = simple_convnet_step_counts(batch=100, device="meta")
+    assert counts["xpconv"].ops <= STEP_OPS_BUDGET, str(counts["xpconv"])
+    assert counts["torch"].ops <= 30, str(counts["torch"])
+
+
+def _torch_step_inputs(batch=100, seed=0):
+    import numpy as np
+    import xpconv
+    net = xpconv.SimpleConvNet(device="torch", seed=seed)
+    rng = np.random.default_rng(seed)
+    x = net.device.asarray(rng.standard_normal((batch, 1, 28, 28)), dtype="float32")
+    t = net.device.asarray(rng.integers(0, 10, batch))
+    return net, x, t
+
+
+def test_adam_update_has_no_sync():
+    from xpconv.optimizers import Adam
+    net, x, t = _torch_step_inputs()
+    opt = Adam()
+    for _ in range(2):                       # the first step creates the state
+        grads = net.gradient(x, t)
+        with count_launches(forbid_syncs=True) as count:
+            opt.update(net.params, grads)
+    assert count.syncs == 0 and count.ops <= 13, str(count)
+
+
+@pytest.mark.xfail(strict=True, reason="needs the branch-free pool/loss fixes from other branches")
+def test_gradient_has_no_sync():
+    net, x, t = _torch_step_inputs()
+    with count_launches(forbid_syncs=True):
+        net.gradient(x, t)

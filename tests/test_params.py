@@ -137,3 +137,12 @@ def test_state_arrays_are_copies():
     saved = net.state_arrays()
     net.params.flat[0].buffer[...] = 7.0
     assert not np.any(saved["W1"] == 7.0)
+
+
+def test_shared_views_are_probed_for_unknown_libraries():
+    from xpconv import _flat
+    strict = make_backend("array_api_strict")
+    assert _flat._probe(strict.zeros((2,), "float32")) is True      # NumPy views underneath
+    jax_dev = make_backend("jax")
+    assert _flat._probe(jax_dev.zeros((2,), "float32")) is False    # immutable: += rebinds
+    assert _flat.shares_views(jax_dev.zeros((2,), "float32")) is False

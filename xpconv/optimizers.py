@@ -91,7 +91,7 @@ class Optimizer:
         state = {name: self._flat_buffer(name, group) for name in self._state}
         step = self._rule(_as(grad, _state_dtype(p)) if state else grad, state)
         for name, value in state.items():
-            layout, flat = self._flat_state[(name, group.names)]
+            _, flat = self._flat_state[(name, group.names)]
             if value is not flat.buffer:     # a library that rebinds: new views
                 self._bind_flat(name, group, FlatGroup(group.names, group.shapes, value))
         p += _as(step, p.dtype)

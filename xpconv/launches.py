@@ -85,6 +85,9 @@ def count_launches(*, forbid_syncs: bool = False, device: "str | None" = None) -
     Yields:
         a :class:`LaunchCount`, filled in while the block runs.
 
+    Blocks nest (an inner block's ops count in the outer one too). ``Tensor.numpy`` and
+    ``Tensor.tolist`` are wrapped while a block runs: measure from one thread.
+
     Raises:
         ModuleNotFoundError: PyTorch is not installed.
     """
@@ -97,7 +100,7 @@ def count_launches(*, forbid_syncs: bool = False, device: "str | None" = None) -
     count = LaunchCount()
     on_meta = device == "meta"
 
-    def sync(name: str, tensors=()) -> None:
+    def sync(name: str) -> None:
         count.syncs += 1
         count.by_op[name] += 1
         if forbid_syncs:
@@ -121,7 +124,7 @@ def count_launches(*, forbid_syncs: bool = False, device: "str | None" = None) -
             if (name in _SYNC_NAMES or torch.Tag.data_dependent_output in func.tags
                     or torch.Tag.dynamic_output_shape in func.tags):
                 if device is None or device in devices_of(args, kwargs):
-                    sync(str(func), args)
+                    sync(str(func))
                     if on_meta and name in _SCALAR_READS:
                         return _fake_scalar(args)
                 return func(*args, **kwargs)
@@ -130,7 +133,7 @@ def count_launches(*, forbid_syncs: bool = False, device: "str | None" = None) -
             if device is not None and touched and device not in touched:
                 count.host_ops += 1
             elif name in ("_to_copy", "copy_") and _moves_to_host(func, args, out, torch):
-                sync(str(func), args)
+                sync(str(func))
             elif not (func.is_view or torch.Tag.inplace_view in func.tags or name in NOT_KERNELS):
                 count.ops += 1
                 count.by_op[str(func)] += 1
@@ -143,7 +146,7 @@ def count_launches(*, forbid_syncs: bool = False, device: "str | None" = None) -
 
         def wrapper(self, *args, **kwargs):
             if device is None or self.device.type == device:
-                sync(f"Tensor.{name}", (self,))
+                sync(f"Tensor.{name}")
             return original(self, *args, **kwargs)
         return wrapper
 

@@ -138,7 +138,8 @@ def test_to_moves_every_parameter(rng):
 
 def test_params_mapping_checks_shapes():
     net = xpconv.SimpleConvNet(**TINY, seed=0)
-    with pytest.raises(ValueError, match=r"params\['W3'\]: expected shape \(5, 3\)"):
+    with pytest.raises(ValueError, match=r"params\['W3'\]: expected a float32 numpy array of "
+                                         r"shape \(5, 3\) on cpu; got .* shape \(3, 5\)"):
         net.params["W3"] = np.zeros((3, 5), np.float32)
     with pytest.raises(KeyError, match="no parameter 'W9'"):
         net.params["W9"]

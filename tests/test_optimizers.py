@@ -10,6 +10,8 @@ import xpconv
 from xpconv.optimizers import (SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop,
                                get_optimizer)
 
+from xpconv.devices import dtype_name
+
 from conftest import assert_on, make_backend
 
 to_np = xpconv.to_numpy
@@ -171,3 +173,107 @@ def test_bad_keys_shapes_and_places():
     cpu, dev1 = make_backend("array_api_strict"), make_backend("array_api_strict:device1")
     with pytest.raises(ValueError, match=r"grads\['W'\] is on device .*device1"):
         Adam().update({"W": cpu.asarray([1.0])}, {"W": dev1.asarray([1.0])})
+
+
+# ----------------------------------------------------------------------------- fused path
+
+FUSED_BACKENDS = ["numpy", "torch", "array_api_strict", "array_api_strict:device1"]
+SMALL = dict(input_dim=(1, 8, 8), conv_param={"filter_num": 3, "filter_size": 3, "pad": 0, "stride": 1},
+             hidden_size=5, output_size=3, weight_init_std=0.3)
+
+
+def random_grads(net, dev, rng, scale=1.0):
+    return {k: dev.asarray(scale * rng.standard_normal(tuple(net.params[k].shape)),
+                           dtype=dtype_name(net.params[k])) for k in net.params}
+
+
+@pytest.mark.parametrize("spec", FUSED_BACKENDS)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fused_path_is_bit_for_bit_the_per_key_path(spec, dtype, name):
+    dev = make_backend(spec)
+    net = xpconv.SimpleConvNet(**SMALL, device=dev, dtype=dtype, seed=0)
+    assert net.params.flat is not None                 # the fused path is taken
+    plain = {k: dev.asarray(to_np(net.params[k]), dtype=dtype) for k in net.params}  # per key
+    fused_opt, key_opt = make(name), make(name)
+    rng = np.random.default_rng(7)
+    for step in range(4):
+        grads = random_grads(net, dev, rng)
+        if step == 2:   # the user replaces a state array: the fused path picks it up
+            for opt in (fused_opt, key_opt):
+                for attr in ("v", "h", "m"):
+                    if hasattr(opt, attr):
+                        getattr(opt, attr)["W2"] = getattr(opt, attr)["W2"] * 0.5
+        fused_opt.update(net.params, grads)
+        key_opt.update(plain, grads)
+    for k in net.params:
+        np.testing.assert_array_equal(to_np(net.params[k]), to_np(plain[k]), err_msg=k)
+        assert net.params[k] is net.params.flat[0].views[k]
+    for attr in ("v", "h", "m"):
+        for k in getattr(key_opt, attr, {}):
+            np.testing.assert_array_equal(to_np(getattr(fused_opt, attr)[k]),
+                                          to_np(getattr(key_opt, attr)[k]), err_msg=f"{attr}[{k}]")
+    assert_on(dev, *net.params.values(), *state_arrays(fused_opt))
+
+
+def test_fused_adam_is_13_ops_and_sync_free():
+    torch_dev = make_backend("torch")
+    from xpconv.launches import count_launches
+    net = xpconv.SimpleConvNet(device=torch_dev, seed=0)
+    grads = random_grads(net, torch_dev, np.random.default_rng(0), 0.01)
+    opt = Adam()
+    opt.update(net.params, grads)                      # state is created here
+    with count_launches(forbid_syncs=True) as fused:
+        opt.update(net.params, grads)
+    plain = dict(net.params)
+    with count_launches(forbid_syncs=True) as per_key:
+        opt.update(plain, grads)
+    assert fused.ops == 13 and fused.syncs == 0, fused.by_op      # concat + 12 for 6 parameters
+    assert per_key.ops == 72, per_key.by_op                        # 12 per parameter
+
+
+# ----------------------------------------------------------------------------- half precision
+
+@pytest.mark.parametrize("spec", ["numpy", "torch"])
+@pytest.mark.parametrize("name", ["adam", "adagrad", "rmsprop"])
+def test_float16_models_train_without_nan(spec, name):
+    """The 1e-7 of AdaGrad/RMSprop/Adam: float16 state let g*g underflow to 0 and the step
+    blow up (NaN at step 4 with Adam); the state is float32 for half-precision parameters."""
+    from xpconv.datasets import load_bundled_mnist
+    dev = make_backend(spec)
+    (x, t), _ = load_bundled_mnist(flatten=False)
+    net = xpconv.SimpleConvNet(device=dev, dtype="float16", seed=0)
+    opt = get_optimizer(name, lr=1e-3)
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(8):
+        idx = rng.choice(len(x), 16, replace=False)
+        opt.update(net.params, net.gradient(x[idx], t[idx]))
+        losses.append(float(to_np(net.loss(x[idx], t[idx]))))
+    assert np.all(np.isfinite(losses)), losses
+    assert all(float(np.abs(to_np(p)).max()) < 10 for p in net.params.values())
+    assert net.params["W1"].dtype == dev.dtype("float16")
+    assert all(a.dtype == dev.dtype("float32") for a in state_arrays(opt))
+
+
+# ----------------------------------------------------------------------------- devices
+
+@pytest.mark.parametrize("target", ["torch", "array_api_strict:device1", "jax"])
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_state_follows_the_network_to_another_device(target, name):
+    dev = make_backend(target)
+    net = xpconv.SimpleConvNet(**SMALL, dtype="float64", seed=0)
+    ref = xpconv.SimpleConvNet(**SMALL, dtype="float64", seed=0)
+    opt, ref_opt = make(name), make(name)
+    rng = np.random.default_rng(3)
+    steps = [random_grads(ref, xpconv.device("cpu"), rng) for _ in range(4)]
+    for host_grads in steps[:2]:
+        opt.update(net.params, host_grads)
+        ref_opt.update(ref.params, host_grads)
+    net.to(dev)
+    for host_grads in steps[2:]:
+        opt.update(net.params, {k: dev.asarray(g) for k, g in host_grads.items()})
+        ref_opt.update(ref.params, host_grads)
+    assert_on(dev, *net.params.values(), *state_arrays(opt))
+    for k in net.params:
+        np.testing.assert_allclose(to_np(net.params[k]), ref.params[k], rtol=1e-12, atol=1e-15)

@@ -4,7 +4,9 @@ A network owns an ordered dict of layers and a loss layer. Its ``params`` mappin
 is a *view* onto the layers' arrays: ``params["W1"]`` reads ``layers["Conv1"].W``,
 and assigning ``params["W1"] = new`` rebinds it. So the book's optimizers, which do
 ``params[key] -= lr * grads[key]``, work in place on NumPy and by rebinding on
-libraries whose arrays are immutable (JAX).
+libraries whose arrays are immutable (JAX). The arrays themselves are views into one
+flat buffer per dtype (``params.flat``), so that xpconv's optimizers update them all
+with a handful of ops.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Iterable
 from array_api_compat import array_namespace, device as array_device, is_array_api_obj
 
 from . import serialization
+from ._flat import FlatGroup, by_dtype, layout_key, shares_views
 from .devices import (Device, device as resolve_device, device_of, device_scope, dtype_name,
                       is_host_numpy, to_numpy)
 from .gradcheck import numerical_gradient as _numerical_gradient
@@ -27,13 +30,24 @@ _BUFFER_ATTRS = ("running_mean", "running_var")
 
 
 class Parameters(MutableMapping):
-    """Name -> array view of the layers' learnable arrays.
+    """Name -> array view of the layers' learnable arrays, kept in one flat buffer per dtype.
 
-    Setting an entry checks the shape and rebinds the layer's attribute.
+    ``params[name]`` is the layer's array (``layers["Conv1"].W``). Setting an entry
+    checks that the value is an array of the model's library, device, dtype and shape
+    (``TypeError``/``ValueError`` naming the entry otherwise) and rebinds the layer's
+    attribute.
+
+    Where the library has views that share memory (NumPy, CuPy, torch, array-api-strict),
+    the arrays are views into one 1-D buffer per dtype (:attr:`flat`), so an optimizer
+    updates every parameter with a handful of ops on the buffer. An array assigned since
+    (``params[name] = a``, ``load_params``) is copied into the buffer at the next use of
+    :attr:`flat`, and the layer gets its view back. JAX (immutable arrays) keeps
+    separate arrays and ``flat`` is None.
     """
 
     def __init__(self, bindings: "OrderedDict[str, tuple[object, str, str]]"):
         self._bindings = bindings  # name -> (layer, attr, grad_attr)
+        self._groups = None        # tuple of FlatGroup once packed; None: separate arrays
 
     def __getitem__(self, name):
         layer, attr, _ = self._binding(name)
@@ -41,9 +55,7 @@ class Parameters(MutableMapping):
 
     def __setitem__(self, name, value):
         layer, attr, _ = self._binding(name)
-        old = getattr(layer, attr)
-        if tuple(value.shape) != tuple(old.shape):
-            raise ValueError(f"params[{name!r}]: expected shape {tuple(old.shape)}; got {tuple(value.shape)}")
+        _check_assignment(f"params[{name!r}]", getattr(layer, attr), value)
         setattr(layer, attr, value)
 
     def __delitem__(self, name):
@@ -58,11 +70,86 @@ class Parameters(MutableMapping):
     def __repr__(self):
         return "Parameters(" + ", ".join(f"{k}: {tuple(self[k].shape)}" for k in self) + ")"
 
+    @property
+    def flat(self) -> "tuple[FlatGroup, ...] | None":
+        """The parameters as 1-D buffers, one :class:`~xpconv._flat.FlatGroup` per dtype.
+
+        ``group.views[name]`` is ``params[name]``; updating ``group.buffer`` in place
+        updates the layers. Arrays rebound since the last call are copied into their
+        slices first (one op each). None where the library has no shared views (JAX),
+        where two entries are one array (tied weights), or where the arrays are not in
+        one library and device.
+        """
+        current = self._current()
+        groups = self._groups
+        if groups is None:
+            return None
+        for group in groups:
+            for name in group.names:
+                value = current[name]
+                if value is group.views[name]:
+                    continue
+                if _layout_key((name,), value) != _layout_key((name,), group.views[name]):
+                    return self.pack()        # rebound around the checks: start over
+                group.store(name, value)
+                layer, attr, _ = self._bindings[name]
+                setattr(layer, attr, group.views[name])
+        return groups
+
+    def pack(self) -> "tuple[FlatGroup, ...] | None":
+        """(Re)build the flat buffers from the layers' current arrays and bind the views."""
+        current = self._current()
+        values = list(current.values())
+        first = values[0]
+        xp, dev = array_namespace(first), array_device(first)
+        if (not shares_views(first) or len({id(v) for v in values}) < len(values)
+                or any(array_namespace(v) is not xp or array_device(v) != dev for v in values)):
+            self._groups = None
+            return None
+        with device_scope(first):
+            self._groups = tuple(FlatGroup.pack(arrays) for arrays in by_dtype(current))
+        for group in self._groups:
+            for name, view in group.views.items():
+                layer, attr, _ = self._bindings[name]
+                setattr(layer, attr, view)
+        return self._groups
+
+    def _current(self) -> dict:
+        return {name: getattr(layer, attr) for name, (layer, attr, _) in self._bindings.items()}
+
     def _binding(self, name):
         try:
             return self._bindings[name]
         except KeyError:
             raise KeyError(f"params: no parameter {name!r}; have {list(self._bindings)}") from None
+
+
+def _layout_key(names, a):
+    return layout_key(names, [tuple(a.shape)], a)
+
+
+def _describe(value) -> str:
+    """"a float32 torch array of shape (2, 3) on cpu", or "a list"."""
+    if not is_array_api_obj(value):
+        return f"a {type(value).__name__}"
+    return (f"a {dtype_name(value)} {type(value).__module__.split('.')[0]} array of shape "
+            f"{tuple(value.shape)} on {array_device(value)}")
+
+
+def _check_assignment(who: str, old, value) -> None:
+    """``value`` may replace ``old``: same library, dtype, device and shape."""
+    expected, got = _describe(old), _describe(value)
+    if not is_array_api_obj(value) or array_namespace(value) is not array_namespace(old):
+        raise TypeError(f"{who}: expected {expected}; got {got}. Put it on the model's device "
+                        f"first: net.device.asarray(xpconv.to_numpy(value), dtype={dtype_name(old)!r})")
+    if value.dtype != old.dtype:
+        raise TypeError(f"{who}: expected {expected}; got {got}. Cast it first, e.g. "
+                        f"xp.astype(value, xp.{dtype_name(old)})")
+    if array_device(value) != array_device(old):
+        raise ValueError(f"{who}: expected {expected}; got {got}. Move it to {array_device(old)} "
+                         f"first -- xpconv never transfers silently")
+    if tuple(value.shape) != tuple(old.shape):
+        raise ValueError(f"{who}: expected {expected}; got {got}")
 
 
 class Sequential:
@@ -101,6 +188,7 @@ class Sequential:
         if not len(self.params):
             raise ValueError(f"{type(self).__name__}: no layer has learnable arrays (W, b, gamma, beta)")
         self.device = self._find_device()
+        self.params.pack()   # the layers' arrays become views into one buffer per dtype
 
     # ------------------------------------------------------------------ the book's API
     def predict(self, x, train_flg=False):
@@ -163,12 +251,16 @@ class Sequential:
             value = getattr(layer, attr)
             setattr(layer, attr, target.asarray(to_numpy(value), dtype=dtype_name(value)))
         self.device = target
+        self.params.pack()
         return self
 
     def state_arrays(self) -> dict:
-        """Host copies of every parameter and buffer, by name (what ``save_params`` writes)."""
-        out = {name: to_numpy(self.params[name]) for name in self.params}
-        out.update((key, to_numpy(getattr(layer, attr))) for key, layer, attr in self._buffers())
+        """Host copies of every parameter and buffer, by name (what ``save_params`` writes).
+
+        Copies, never views of the model's memory: later training does not change them.
+        """
+        out = {name: to_numpy(self.params[name]).copy() for name in self.params}
+        out.update((key, to_numpy(getattr(layer, attr)).copy()) for key, layer, attr in self._buffers())
         return out
 
     def save_params(self, path) -> None:

@@ -185,9 +185,10 @@ class Sequential:
         originals = [(layer, attr, getattr(layer, attr)) for layer, attr in self._arrays()]
         grads = {}
         try:
-            for layer, attr, value in originals:
-                setattr(layer, attr, xp.astype(value, xp.float64))
-            x = xp.astype(self._input(x), xp.float64)
+            with self.device.scope():                  # CuPy: the copies on the model's GPU
+                for layer, attr, value in originals:
+                    setattr(layer, attr, xp.astype(value, xp.float64))
+                x = xp.astype(self._input(x), xp.float64)
             t = self._labels(who, t, x.shape[0], self.predict(x).shape[-1])
             for name, (layer, attr, _) in self._bindings.items():
                 base = getattr(layer, attr)

@@ -391,3 +391,25 @@ def test_conv2d_dtype_mismatch(culprit):
 def test_conv2d_backward_dy_dtype_mismatch():
     with pytest.raises(TypeError, match=r"conv2d_backward: dy has dtype float32 but x has float64"):
         F.conv2d_backward(ones(2, 4, 5, 5, dtype="float32"), X, W)
+
+
+# ----------------------------------------------------------------------------- networks: where arrays live
+
+def test_model_input_on_another_library_names_both_libraries():
+    """Was "x is a torch array on cpu but the model is on cpu": both sides name their library."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    net = xpconv.SimpleConvNet(seed=0)
+    with pytest.raises(ValueError, match=r"SimpleConvNet: x is on torch:cpu but the model is on cpu \(numpy\)"):
+        net.predict(torch.zeros(1, 1, 28, 28))
+    with pytest.raises(ValueError, match=r"SimpleConvNet: t is on torch:cpu but the model is on cpu \(numpy\)"):
+        net.loss(np.zeros((1, 1, 28, 28)), torch.tensor([1]))
+
+
+def test_model_parameters_on_two_libraries_name_both_libraries():
+    """Was "parameter 'b.W' is on cpu but the first parameter is on cpu"."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    layers = [("a", xpconv.Affine(ones(2, 2, dtype="float32"), ones(2, dtype="float32"))),
+              ("b", xpconv.Affine(torch.ones(2, 2), torch.ones(2)))]
+    with pytest.raises(ValueError, match=r"Sequential: parameter 'b.W' is on torch:cpu but the first "
+                                         r"parameter, 'a.W', is on cpu \(numpy\)"):
+        xpconv.Sequential(layers)

@@ -83,3 +83,56 @@ def test_compare_and_assert_gradients_close():
     with pytest.raises(AssertionError, match="'x'"):
         assert_gradients_close({"x": np.array([1e-12, 1.0])}, {"x": np.array([-1e-12, 1.0])},
                                rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- a network's check
+
+BOOK_CHECK = dict(input_dim=(1, 10, 10), conv_param={"filter_num": 10, "filter_size": 3, "pad": 0, "stride": 1},
+                  hidden_size=10, output_size=10, weight_init_std=0.01)
+
+
+def test_books_gradient_check_is_meaningful_on_a_float32_model():
+    """The book's ch07/gradient_check.py on xpconv's default float32 SimpleConvNet, its (1, 1)
+    label column included: the numerical gradient is taken in float64, so backprop and it
+    agree to float32 rounding (in float32 the differences were as large as the gradients)."""
+    network = xpconv.SimpleConvNet(**BOOK_CHECK, seed=0)
+    x = np.random.default_rng(0).random(100).reshape((1, 1, 10, 10))
+    t = np.array([1]).reshape((1, 1))
+    grad_num = network.numerical_gradient(x, t)
+    grad_backprop = network.gradient(x, t)
+    for key in grad_num:
+        a, b = to_np(grad_backprop[key]), to_np(grad_num[key])
+        diff = np.average(np.abs(a - b))                     # what the book's script prints
+        assert diff <= 1e-3 * np.average(np.abs(a)), (key, diff, np.average(np.abs(a)))
+        assert grad_num[key].dtype == np.float64 and b.shape == a.shape
+
+
+@pytest.mark.parametrize("spec", ["numpy", "torch", "array_api_strict:device1"])
+def test_network_numerical_gradient_is_the_float64_one_and_leaves_the_model_alone(spec):
+    """A float32 model's numerical gradient is its float64 copy's (same weights, upcast), on
+    the model's device; parameters and running statistics come back untouched."""
+    from conftest import make_backend
+    backend = make_backend(spec)
+    rng = np.random.default_rng(2)
+    host = {"W1": rng.standard_normal((6, 5)), "b1": rng.standard_normal(5), "g": np.ones(5),
+            "be": np.zeros(5), "W2": rng.standard_normal((5, 3)), "b2": np.zeros(3)}
+    x, t = rng.standard_normal((4, 6)), np.array([0, 2, 1, 2])
+
+    def model(dtype):          # the same float32 weights, in float32 or float64
+        put = {k: backend.asarray(v.astype(np.float32), dtype) for k, v in host.items()}
+        return xpconv.Sequential([("A1", xpconv.Affine(put["W1"], put["b1"])),
+                                  ("BN", xpconv.BatchNormalization(put["g"], put["be"])),
+                                  ("R", xpconv.Relu()), ("A2", xpconv.Affine(put["W2"], put["b2"]))])
+
+    net32, net64 = model("float32"), model("float64")
+    before = {k: to_np(v).copy() for k, v in net32.state_arrays().items()}
+    objects = {k: net32.params[k] for k in net32.params}
+    num32, num64 = net32.numerical_gradient(x, t), net64.numerical_gradient(x, t)
+    for k in num64:
+        assert_on(backend, num32[k])
+        assert num32[k].dtype == backend.dtype("float64")
+        np.testing.assert_allclose(to_np(num32[k]), to_np(num64[k]), rtol=1e-7, atol=1e-10, err_msg=k)
+    assert all(net32.params[k] is objects[k] for k in objects)
+    for k, v in net32.state_arrays().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)
+        assert v.dtype == np.float32, k

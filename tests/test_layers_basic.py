@@ -486,8 +486,8 @@ def test_loss_bad_labels():
         layer.forward(x, np.array([-1, 2, 1]))
     with pytest.raises(TypeError, match=r"expected integer class labels t of shape \(N,\).*float64"):
         layer.forward(x, np.array([0.0, 1.0, 2.0]))
-    with pytest.raises(ValueError, match=r"shape \(N,\) = \(3,\) or one-hot targets of shape "
-                                         r"\(N, K\) = \(3, 4\).*got \(3, 5\)"):
+    with pytest.raises(ValueError, match=r"shape \(N,\) or \(N, 1\) with N=3, or one-hot targets of "
+                                         r"shape \(N, K\) = \(3, 4\); got \(3, 5\)"):
         layer.forward(x, np.zeros((3, 5)))
     with pytest.raises(TypeError, match=r"SoftmaxWithLoss.forward: expected x with a floating"):
         layer.forward(np.zeros((3, 4), dtype=np.int64), np.array([0, 1, 2]))
@@ -500,6 +500,78 @@ def test_loss_bad_labels():
         layer.backward(np.ones(3))
     with pytest.raises(ValueError, match=r"cross_entropy_error: expected class labels t in 0\.\.3"):
         cross_entropy_error(softmax(x), np.array([0, 1, 9]))
+
+
+def test_loss_labels_one_rule():
+    """(N, 1) integer columns are labels (as in the book and Keras); everything else that
+    is not (N,) labels or (N, K) targets is refused, before any arithmetic."""
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    labels = np.array([2, 0, 3])
+    ref = SoftmaxWithLoss().forward(x, labels)
+    layer = SoftmaxWithLoss()
+    np.testing.assert_array_equal(layer.forward(x, labels.reshape(3, 1)), ref)
+    np.testing.assert_allclose(layer.backward(), (softmax(x) - np.eye(4)[labels]) / 3, **F64)
+    np.testing.assert_array_equal(cross_entropy_error(softmax(x), labels.reshape(3, 1)),
+                                  cross_entropy_error(softmax(x), labels))
+    for who, f in [("SoftmaxWithLoss.forward", SoftmaxWithLoss().forward),
+                   ("cross_entropy_error", lambda y, t: cross_entropy_error(softmax(y), t))]:
+        with pytest.raises(ValueError, match=rf"{who}: expected t as integer class labels .*got \(1,\)"):
+            f(x, np.array([2]))                                # one label does not broadcast
+        with pytest.raises(TypeError, match=rf"{who}: expected integer class labels t .*float64"):
+            f(x, labels.reshape(3, 1).astype(float))           # a float column is not (N, K)
+        with pytest.raises(TypeError, match=rf"{who}: expected integer class labels t .*bool"):
+            f(x, np.array([True, False, True]))
+        with pytest.raises(ValueError, match=rf"{who}: expected t as .*got \(3, 1, 1\)"):
+            f(x, labels.reshape(3, 1, 1))
+        with pytest.raises(ValueError, match=rf"{who}: expected class labels t in 0\.\.3 .*got values in 0\.\.4"):
+            f(x, np.array([[0], [4], [1]]))
+
+
+def test_loss_empty_batch_or_no_classes_is_an_error():
+    """No mean loss exists for N = 0 (NumPy warned and gave NaN) or K = 0 (a bare NumPy error)."""
+    for who, f in [("SoftmaxWithLoss.forward", SoftmaxWithLoss().forward), ("cross_entropy_error",
+                                                                            cross_entropy_error)]:
+        with pytest.raises(ValueError, match=rf"{who}: expected .* N >= 1 samples and K >= 1 classes "
+                                             r".*got \(0, 4\)"):
+            f(np.zeros((0, 4)), np.zeros(0, dtype=np.int64))
+        with pytest.raises(ValueError, match=rf"{who}: expected .*K >= 1 classes.*got \(3, 0\)"):
+            f(np.zeros((3, 0)), np.zeros(3, dtype=np.int64))
+
+
+@pytest.mark.parametrize("kind", ["SoftmaxWithLoss", "cross_entropy_error"])
+def test_device_labels_out_of_range_make_the_loss_nan(backend, kind):
+    """Device labels are not read back to be range checked (that would stop the device every
+    step): a label outside 0..K-1 makes the loss NaN instead, never a wrong finite number."""
+    if backend.library == "numpy":
+        pytest.skip("host NumPy labels are range checked with an error (test_loss_bad_labels)")
+    x = backend.asarray(np.random.default_rng(1).standard_normal((3, 4)), "float32")
+    loss = (SoftmaxWithLoss().forward if kind == "SoftmaxWithLoss" else
+            lambda y, t: cross_entropy_error(softmax(y), t))
+    good = float(to_np(loss(x, backend.asarray(np.array([3, 0, 1]), "int64"))))
+    assert np.isfinite(good)
+    for bad in ([3, 4, 1], [-1, 0, 1], [0, 7, -2]):
+        assert np.isnan(float(to_np(loss(x, backend.asarray(np.array(bad), "int64"))))), bad
+
+
+def test_softmax_with_loss_forward_is_lean_and_never_syncs():
+    """On torch (the GPU launch proxy): the forward with device labels needs no device-to-host
+    sync (the old range check read a bool back every step) and at most 16 kernels (was 20;
+    15 without the NaN guard of device labels' range); the backward 2."""
+    torch = torch_or_skip()
+    from torch_counter import count
+    x = torch.randn(100, 10, generator=torch.Generator().manual_seed(0))
+    t = torch.arange(100) % 10
+    layer = SoftmaxWithLoss()
+    layer.forward(x, t)                                        # builds the class row once
+    with count() as fwd:
+        loss = layer.forward(x, t)
+    with count() as bwd:
+        layer.backward()
+    assert fwd.syncs == 0 and bwd.syncs == 0, (fwd.ops, bwd.ops)
+    assert fwd.kernels <= 16, fwd.ops
+    assert bwd.kernels <= 2, bwd.ops
+    ref = torch.nn.functional.cross_entropy(x.double(), t)
+    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-6)
 
 
 def test_loss_labels_must_share_device():

@@ -104,6 +104,65 @@ def test_accuracy_counts_the_last_partial_batch(rng):
     assert net.accuracy(x, one_hot, batch_size=5) == pytest.approx(6 / 7)
 
 
+def wrong_first_three(net, x):
+    """Labels on which ``net`` is right for all but the first three of ``x``'s samples."""
+    t = np.argmax(xpconv.to_numpy(net.predict(x)), axis=1)
+    t[:3] = (t[:3] + 1) % 3
+    return t
+
+
+def test_accuracy_labels_follow_one_rule(rng):
+    """(N, 1) columns are labels (they were read as one-hot: 2/7 instead of 4/7); lists are
+    host data like predict's; labels that fit no form are errors, never a wrong number."""
+    net = xpconv.SimpleConvNet(**TINY, seed=3)
+    x, _ = tiny_data(rng, n=7)
+    t = wrong_first_three(net, x)
+    assert net.accuracy(x, t) == pytest.approx(4 / 7)
+    assert net.accuracy(x, t.reshape(7, 1), batch_size=2) == pytest.approx(4 / 7)
+    assert net.accuracy(x.tolist(), t.tolist()) == pytest.approx(4 / 7)
+    with pytest.raises(ValueError, match=r"SimpleConvNet.accuracy: expected t as integer class labels "
+                                         r"of shape \(N,\) or \(N, 1\) with N=7.*got \(1,\)"):
+        net.accuracy(x, t[:1])                                # one label does not broadcast
+    with pytest.raises(ValueError, match=r"expected class labels t in 0\.\.2 \(K=3 classes\); got values in "
+                                         r"-1\.\.3"):
+        net.accuracy(x, np.concatenate([[3, -1], t[2:]]))
+    with pytest.raises(TypeError, match=r"SimpleConvNet.accuracy: expected integer class labels t.*float64"):
+        net.accuracy(x, t.astype(np.float64))
+    with pytest.raises(ValueError, match=r"targets of shape \(N, K\) = \(7, 3\); got \(7, 4\)"):
+        net.accuracy(x, np.eye(4)[t])
+    for bad in (-1, 0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"accuracy: expected batch_size to be an int >= 1; got {bad}"):
+            net.accuracy(x, t, batch_size=bad)
+
+
+@pytest.mark.parametrize("spec", ["torch", "array_api_strict:device1", "jax"])
+def test_accuracy_device_labels_out_of_range_are_an_error(spec, rng):
+    """Labels already on the device are range checked there, in the one read-back."""
+    backend = make_backend(spec)
+    net = xpconv.SimpleConvNet(**TINY, device=backend, seed=3)
+    x, _ = tiny_data(rng, n=7)
+    t = wrong_first_three(net, x)
+    assert net.accuracy(backend.asarray(x, "float32"), backend.asarray(t)) == pytest.approx(4 / 7)
+    with pytest.raises(ValueError, match=r"expected class labels t in 0\.\.2 \(K=3 classes\); 2 of 7 "
+                                         r"labels are outside"):
+        net.accuracy(x, backend.asarray(np.array([0, 1, 2, 9, -1, 0, 1])), batch_size=3)
+
+
+def test_accuracy_reads_back_once():
+    """Correct predictions are counted on the device and read back once per call (was once
+    per batch), with device labels too."""
+    pytest.importorskip("torch", reason="torch not installed: the sync counter needs it")
+    from torch_counter import count
+    net = xpconv.Sequential([("Affine", xpconv.Affine(*(xpconv.device("torch").asarray(a, "float32") for a in
+                                                          (np.eye(4), np.zeros(4)))))])
+    x = np.random.default_rng(0).standard_normal((25, 4))
+    t = np.argmax(x, axis=1)
+    for labels in (t, net.device.asarray(t)):
+        with count() as c:
+            assert net.accuracy(x, labels, batch_size=10) == 1.0
+        assert c.syncs == 1, c.ops
+
+
 def test_same_seed_same_network_on_every_backend(backend, rng):
     x, _ = tiny_data(rng, n=5)
     ref = xpconv.to_numpy(xpconv.SimpleConvNet(**TINY, seed=7).predict(x))

@@ -1,6 +1,8 @@
 """Training: the loss goes down, on every backend; divergence stops with a clear error."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -75,3 +77,191 @@ def test_bad_arguments(small_mnist):
         xpconv.Trainer(small_net(), x, t, xv, tv, epochs=0)
     with pytest.raises(ValueError, match="optimizer"):
         xpconv.Trainer(small_net(), x, t, xv, tv, optimizer="Adamax")
+
+
+# ----------------------------------------------------------------------------- divergence, always caught
+
+def test_divergence_on_the_last_step_is_caught_before_evaluation(small_mnist):
+    """One step at lr=1e38: its own loss is finite (computed before the update), but the update
+    leaves a network whose output is NaN. That was returned as trained, with an accuracy."""
+    x, t, xv, tv = (a[:100] for a in small_mnist)
+    trainer = xpconv.Trainer(small_net(), x, t, xv, tv, epochs=1, mini_batch_size=100, optimizer="SGD",
+                             optimizer_param={"lr": 1e38}, verbose=False, seed=0)
+    with np.errstate(all="ignore"), pytest.raises(
+            xpconv.TrainingDiverged, match=r"output became NaN or infinite after step 1, the last of epoch 1"
+                                           r".*learning rate \(now 1e\+38\)"):
+        trainer.train()
+    assert trainer.train_loss_list and np.isfinite(trainer.train_loss_list).all()
+    assert trainer.train_acc_list == [] and trainer.test_acc is None      # nothing evaluated
+
+
+def test_cli_train_never_saves_a_diverged_model(small_mnist, tmp_path):
+    from xpconv import cli
+    x, t = small_mnist[0][:60], small_mnist[1][:60]
+    data, out = tmp_path / "data.npz", tmp_path / "params.npz"
+    np.savez(data, x=x, t=t)
+    with np.errstate(all="ignore"), contextlib.suppress(xpconv.TrainingDiverged, SystemExit):
+        cli.main(["train", "--data", str(data), "--epochs", "1", "--batch-size", "100", "--device", "cpu",
+                  "--optimizer", "SGD", "--lr", "1e38", "--quiet", "--save", str(out)])
+    assert not out.exists()
+
+
+def test_losses_read_back_in_groups_are_the_same_losses(small_mnist):
+    """Losses stay on the device and are read back every check_every steps: every step's loss
+    is in train_loss_list all the same, and the run is the same for any check_every."""
+    x, t, xv, tv = (a[:200] for a in small_mnist)
+    runs = [xpconv.Trainer(small_net(), x, t, xv, tv, epochs=2, mini_batch_size=30, optimizer="Adam",
+                           optimizer_param={"lr": 0.002}, verbose=False, seed=4, check_every=k).train()
+            for k in (1, 3, 50)]
+    assert len(runs[0].train_loss_list) == 2 * 7
+    for run in runs[1:]:
+        assert run.train_loss_list == runs[0].train_loss_list
+        assert run.test_acc_list == runs[0].test_acc_list and run.test_acc == runs[0].test_acc
+    with pytest.raises(ValueError, match="check_every >= 1"):
+        xpconv.Trainer(small_net(), x, t, xv, tv, check_every=0)
+
+
+# ----------------------------------------------------------------------------- labels, checked once
+
+def test_labels_follow_one_rule_and_are_checked_when_the_trainer_is_made(small_mnist):
+    x, t, xv, tv = (a[:100] for a in small_mnist)
+    bad = tv.copy()
+    bad[7] = 10                                          # 10 classes: 0..9
+    with pytest.raises(ValueError, match=r"Trainer: expected class labels t_test in 0\.\.9 \(K=10 classes\); "
+                                         r"got values in 0\.\.10"):
+        xpconv.Trainer(small_net(), x, t, xv, bad, verbose=False, seed=0)    # gave test_acc=0.0
+    with pytest.raises(TypeError, match=r"Trainer: expected integer class labels t_train"):
+        xpconv.Trainer(small_net(), x, t.astype(np.float32), xv, tv, verbose=False, seed=0)
+    with pytest.raises(ValueError, match=r"Trainer: expected t_train as .*one-hot targets of shape "
+                                         r"\(N, K\) = \(100, 10\); got \(100, 3\)"):
+        xpconv.Trainer(small_net(), x, np.eye(3)[t % 3], xv, tv, verbose=False, seed=0)
+    runs = [xpconv.Trainer(small_net(), x, labels, xv, tv_labels, epochs=1, mini_batch_size=25,
+                           verbose=False, seed=0).train()
+            for labels, tv_labels in [(t, tv), (t.reshape(-1, 1), tv.reshape(-1, 1)), (np.eye(10)[t], tv)]]
+    for run in runs[1:]:
+        np.testing.assert_allclose(run.train_loss_list, runs[0].train_loss_list, rtol=1e-6)
+        assert run.test_acc == runs[0].test_acc
+
+
+def test_data_already_on_the_device_is_used_where_it_is(small_mnist):
+    """Device arrays (no len() in the Array API) stay on the device; their labels are checked
+    once, here, by one read-back, and (N, 1) columns work there too."""
+    from conftest import assert_on, make_backend
+    dev = make_backend("array_api_strict:device1")
+    x, t, xv, tv = (a[:60] for a in small_mnist)
+    on = [dev.asarray(x, "float32"), dev.asarray(t.reshape(-1, 1)), dev.asarray(xv, "float32"), dev.asarray(tv)]
+    trainer = xpconv.Trainer(small_net(dev), *on, epochs=1, mini_batch_size=20, verbose=False, seed=0)
+    assert_on(dev, trainer.x_train, trainer.t_train)
+    assert tuple(trainer.t_train.shape) == (60,)
+    host = xpconv.Trainer(small_net(dev), x, t, xv, tv, epochs=1, mini_batch_size=20, verbose=False, seed=0)
+    np.testing.assert_allclose(trainer.train().train_loss_list, host.train().train_loss_list, rtol=1e-6)
+    bad = dev.asarray(np.where(np.arange(60) == 5, -1, tv))
+    with pytest.raises(ValueError, match=r"Trainer: expected class labels t_test in 0\.\.9"):
+        xpconv.Trainer(small_net(dev), on[0], on[1], on[2], bad, verbose=False, seed=0)
+
+
+def test_single_class_training_data_warns(small_mnist):
+    x, t, xv, tv = (a[:50] for a in small_mnist)
+    with pytest.warns(UserWarning, match=r"Trainer: every training label is class 3"):
+        xpconv.Trainer(small_net(), x, np.full(50, 3), xv, tv, verbose=False, seed=0)
+
+
+# ----------------------------------------------------------------------------- any network with the book's interface
+
+class BookTwoLayerNet:
+    """The book's ch05 ``TwoLayerNet`` interface in plain NumPy: ``params``, ``predict``,
+    ``loss``, ``accuracy``, ``gradient``; no ``device`` and nothing from xpconv."""
+
+    def __init__(self, input_size, hidden_size, output_size, seed):
+        rng = np.random.default_rng(seed)
+        self.params = {"W1": 0.5 * rng.standard_normal((input_size, hidden_size)), "b1": np.zeros(hidden_size),
+                       "W2": 0.5 * rng.standard_normal((hidden_size, output_size)), "b2": np.zeros(output_size)}
+        self.seen = set()              # types of the batches it was given
+
+    def predict(self, x):
+        self.seen.add(type(x))
+        h = np.maximum(x @ self.params["W1"] + self.params["b1"], 0)
+        return h @ self.params["W2"] + self.params["b2"]
+
+    def _softmax_and_onehot(self, x, t):
+        y = self.predict(x)
+        y = np.exp(y - y.max(axis=1, keepdims=True))
+        return y / y.sum(axis=1, keepdims=True), np.eye(y.shape[1])[t]
+
+    def loss(self, x, t):
+        y, onehot = self._softmax_and_onehot(x, t)
+        return -np.sum(onehot * np.log(y + 1e-7)) / x.shape[0]
+
+    def accuracy(self, x, t):
+        y = np.argmax(self.predict(x), axis=1)
+        if t.ndim != 1:
+            t = np.argmax(t, axis=1)
+        return np.sum(y == t) / float(x.shape[0])
+
+    def gradient(self, x, t):
+        p = self.params
+        a1 = x @ p["W1"] + p["b1"]
+        h = np.maximum(a1, 0)
+        y, onehot = self._softmax_and_onehot(x, t)
+        dy = (y - onehot) / x.shape[0]
+        dh = (dy @ p["W2"].T) * (a1 > 0)
+        return {"W1": x.T @ dh, "b1": dh.sum(axis=0), "W2": h.T @ dy, "b2": dy.sum(axis=0)}
+
+
+def test_trainer_trains_a_plain_numpy_network_with_the_books_interface():
+    """The Trainer called the private ``_input`` of xpconv's models; now it uses only the book's
+    interface and leaves host data alone for a network without a ``device``."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((300, 2))
+    t = (x[:, 0] * x[:, 1] > 0).astype(np.int64)                       # XOR-like: needs the hidden layer
+    net = BookTwoLayerNet(2, 16, 2, seed=0)
+    trainer = xpconv.Trainer(net, x[:200], t[:200], x[200:], t[200:], epochs=30, mini_batch_size=20,
+                             optimizer="adam", optimizer_param={"lr": 0.02}, verbose=False, seed=0).train()
+    assert net.seen == {np.ndarray}
+    assert len(trainer.train_loss_list) == 30 * 10
+    assert np.mean(trainer.train_loss_list[-10:]) < 0.5 * np.mean(trainer.train_loss_list[:10])
+    assert trainer.test_acc > 0.85 and trainer.test_acc == trainer.test_acc_list[-1]
+
+
+# ----------------------------------------------------------------------------- no waiting for the device
+
+def affine_net(device):
+    rng = np.random.default_rng(0)
+    dev = xpconv.device(device)
+    return xpconv.Sequential([
+        ("Affine1", xpconv.Affine(dev.asarray(0.5 * rng.standard_normal((8, 16)), "float32"), dev.zeros(16))),
+        ("Relu1", xpconv.Relu()),
+        ("Affine2", xpconv.Affine(dev.asarray(0.5 * rng.standard_normal((16, 4)), "float32"), dev.zeros(4)))])
+
+
+def test_a_training_step_never_waits_for_the_device(monkeypatch):
+    """On torch (the GPU proxy), counting blocking device-to-host syncs: none in a step's
+    gradient and update (the loss's label check read a bool back every step), and inside
+    train() only one read-back per check_every steps, one at each epoch's end and one per
+    accuracy (was 2 per step: the label check and float(loss)). The permutation of each
+    epoch is uploaded once."""
+    pytest.importorskip("torch", reason="torch not installed: the sync counter needs it")
+    from torch_counter import count
+    import xpconv.trainer
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((400, 8)).astype(np.float32)
+    t = np.argmax(x[:, :4], axis=1)
+    net = affine_net("torch")
+    xd, td = net.device.asarray(x[:10]), net.device.asarray(t[:10])
+    net.gradient(xd, td)
+    with count() as step:
+        xpconv.SGD(lr=0.1).update(net.params, net.gradient(xd, td))
+    assert step.syncs == 0, step.ops
+
+    uploads = []
+    real_from_host = xpconv.trainer.from_host
+    monkeypatch.setattr(xpconv.trainer, "from_host", lambda a, like: uploads.append(a) or real_from_host(a, like))
+    epochs, steps, k = 2, 40, 10
+    trainer = xpconv.Trainer(net, x, t, x[:100], t[:100], epochs=epochs, mini_batch_size=10, optimizer="SGD",
+                             optimizer_param={"lr": 0.1}, verbose=False, seed=0, check_every=k)
+    with count() as run:
+        trainer.train()
+    assert run.syncs <= epochs * (steps // k + 1 + 2) + 1, run.ops
+    assert len(uploads) == epochs
+    assert len(trainer.train_loss_list) == epochs * steps and np.isfinite(trainer.train_loss_list).all()
+    assert trainer.train_loss_list[-1] < trainer.train_loss_list[0]

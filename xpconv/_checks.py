@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace, device, is_array_api_obj
 
+from .devices import is_host_numpy
+
 
 def check_array(who: str, name: str, x) -> None:
     """``x`` must be an Array API array (not a list, scalar or None)."""
@@ -66,3 +68,59 @@ def check_grad(who: str, name: str, grad, ref, ref_name: str, shape) -> None:
 
 def _library(x) -> str:
     return type(x).__module__.split(".")[0]
+
+
+# ---------------------------------------------------------------------------- class labels
+
+def check_labels(who: str, t, n: int, k: "int | None" = None, *, name: str = "t",
+                 check_values: "bool | None" = None):
+    """The one rule for class labels (losses, ``accuracy``, ``Trainer``); returns ``t`` normalized.
+
+    Accepted, for N samples and K classes:
+
+    * integer class indices of shape (N,) or (N, 1) (a column, as the book and Keras
+      allow), values in 0..K-1  ->  returned as (N,);
+    * targets of shape (N, K): one-hot or probability rows, any real dtype  ->  as given.
+
+    Anything else raises: TypeError for a non-array or a wrong dtype (float labels that
+    are not (N, K) targets, bool, complex), ValueError for a wrong shape or, when the
+    values are checked, a label outside 0..K-1.
+
+    Args:
+        who, name: named in messages (``"SoftmaxWithLoss.forward"``, ``"t"``).
+        n: number of samples N.
+        k: number of classes K (None when not known: only ``t >= 0`` is checked, and
+            any 2-D integer or floating ``t`` with N rows counts as targets).
+        check_values: check the label range. None (default): only for host NumPy
+            arrays, where it costs no device synchronization; device labels are checked
+            branch-free by the losses instead (an out-of-range label makes the loss NaN).
+    """
+    check_array(who, name, t)
+    xp = array_namespace(t)
+    shape = tuple(t.shape)
+    integral = xp.isdtype(t.dtype, "integral")
+    expected = (f"integer class labels of shape (N,) or (N, 1) with N={n}, or one-hot targets "
+                f"of shape (N, K) = ({n}, {'K' if k is None else k})")
+    column = len(shape) == 2 and shape[1] == 1 and (integral or k != 1)   # (N, 1): labels
+    if len(shape) == 2 and not column:                                     # (N, K): targets
+        if shape[0] != n or (k is not None and shape[1] != k):
+            raise ValueError(f"{who}: expected {name} as {expected}; got {shape}")
+        if not (integral or xp.isdtype(t.dtype, "real floating")):
+            raise TypeError(f"{who}: expected (N, K) targets {name} with a real dtype; got {t.dtype}")
+        return t
+    if len(shape) not in (1, 2) or shape[0] != n:
+        raise ValueError(f"{who}: expected {name} as {expected}; got {shape}")
+    if not integral:
+        top = "K-1" if k is None else k - 1
+        raise TypeError(f"{who}: expected integer class labels {name} of shape (N,) or (N, 1) "
+                        f"(values 0..{top}); got dtype {t.dtype}. Cast them, e.g. "
+                        f"xp.astype(t, xp.int64); one-hot targets must have shape (N, K)")
+    if len(shape) == 2:
+        t = xp.reshape(t, (n,))
+    if (is_host_numpy(t) if check_values is None else check_values) and n:
+        low, high = int(xp.min(t)), int(xp.max(t))
+        if low < 0 or (k is not None and high >= k):
+            span = "0.." + ("K-1" if k is None else f"{k - 1} (K={k} classes)")
+            raise ValueError(f"{who}: expected class labels {name} in {span}; "
+                             f"got values in {low}..{high}")
+    return t

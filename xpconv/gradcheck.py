@@ -26,7 +26,10 @@ def numerical_gradient(f, x, eps=1e-4):
         f: function of one array (x's shape, dtype and device) returning a scalar
             (a number or a 0-D array of any backend).
         x: point at which to differentiate; left unchanged.
-        eps: step (the book's ``h = 1e-4``). Use float64 ``x`` for accurate results.
+        eps: step (the book's ``h = 1e-4``). Use float64 ``x`` (and a float64 ``f``):
+            in float32 the rounding error of ``f``, ~1e-7 * |f| / eps, is as large as
+            typical gradients. A network's ``numerical_gradient`` does this for you: it
+            evaluates its loss on a float64 copy of its parameters.
 
     Returns:
         array like ``x`` (shape, dtype, device) holding ``df/dx``.

@@ -20,6 +20,7 @@ from . import serialization
 from ._flat import FlatGroup, by_dtype, layout_key, shares_views
 from .devices import (Device, device as resolve_device, device_of, device_scope, dtype_name,
                       is_host_numpy, to_numpy)
+from ._checks import check_labels
 from .gradcheck import numerical_gradient as _numerical_gradient
 from .layers.loss import SoftmaxWithLoss
 
@@ -200,25 +201,50 @@ class Sequential:
         return x
 
     def loss(self, x, t, train_flg=True):
-        """Mean loss of the batch, a 0-d array."""
+        """Mean loss of the batch, a 0-d array; ``t`` by the label rule of ``accuracy``."""
         y = self.predict(x, train_flg)
-        return self.last_layer.forward(y, self._labels(t))
+        if isinstance(self.last_layer, SoftmaxWithLoss):   # class labels: checked on the host
+            t = self._labels(f"{type(self).__name__}.loss", t, y.shape[0], y.shape[-1])
+        elif not is_array_api_obj(t) or is_host_numpy(t):  # another loss: its own rule
+            t = self.device.asarray(t)
+        return self.last_layer.forward(y, t)
 
     def accuracy(self, x, t, batch_size=100) -> float:
-        """Fraction of correct predictions over all N samples (also the last partial batch)."""
+        """Fraction of the N samples whose highest score is their label's class.
+
+        Every sample counts, also those of a last partial batch. Labels follow one rule:
+        integer labels of shape (N,) or (N, 1) in 0..K-1, or (N, K) one-hot targets (their
+        argmax). Host data (NumPy arrays, lists) is moved to the model's device once;
+        correct predictions are counted there and read back once.
+        """
+        who = f"{type(self).__name__}.accuracy"
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"{who}: expected batch_size to be an int >= 1; got {batch_size!r}")
+        host_labels = not is_array_api_obj(t) or is_host_numpy(t)
+        x = self._input(x)
         n = x.shape[0]
         if n == 0:
-            raise ValueError(f"{type(self).__name__}.accuracy: got an empty batch")
-        correct = 0
+            raise ValueError(f"{who}: got an empty batch")
+        xp, correct, outside = self.device.xp, 0, 0
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)          # slice stops must stay in bounds
             y = self.predict(x[start:stop, ...])
-            xp = array_namespace(y)
-            tt = self._labels(t[start:stop, ...])
-            if tt.ndim != 1:
-                tt = xp.argmax(tt, axis=1)
-            correct += int(xp.sum(xp.astype(xp.argmax(y, axis=1) == tt, xp.int64)))
-        return correct / n
+            k = y.shape[-1]
+            if start == 0:                             # K is known: check the labels once, move once
+                t = self._labels(who, t, n, k)
+            with device_scope(y):
+                tt = t[start:stop, ...]
+                if tt.ndim == 2:
+                    tt = xp.argmax(tt, axis=1)
+                correct = correct + xp.sum(xp.astype(xp.argmax(y, axis=1) == tt, xp.int64))
+                if not host_labels:                    # unchecked device labels: count those outside
+                    outside = outside + xp.sum(xp.astype((tt < 0) | (tt >= k), xp.int64))
+        with device_scope(y):                          # one read-back for the whole set
+            counts = [int(v) for v in to_numpy(xp.stack([correct] if host_labels else [correct, outside]))]
+        if counts[1:] and counts[1]:
+            raise ValueError(f"{who}: expected class labels t in 0..{k - 1} (K={k} classes); "
+                             f"{counts[1]} of {n} labels are outside")
+        return counts[0] / n
 
     def gradient(self, x, t):
         """Gradients of ``loss(x, t)`` by backpropagation: ``{name: array like params[name]}``."""
@@ -229,18 +255,41 @@ class Sequential:
         return {name: getattr(layer, gattr) for name, (layer, _, gattr) in self._bindings.items()}
 
     def numerical_gradient(self, x, t, eps=1e-4):
-        """Gradients of ``loss(x, t)`` by central differences (slow; for checking)."""
-        x, t = self._input(x), self._labels(t)
+        """Gradients of ``loss(x, t)`` by central differences, in float64 whatever the dtype.
+
+        The loss is evaluated on a float64 copy of every parameter and buffer and of
+        ``x`` (as the model sees it: a float32 model's ``x`` is rounded to float32
+        first, as in ``gradient``), on the model's device. So the differences carry
+        float64 rounding, not float32's, whose error ``~1e-7 * |loss| / eps`` would be
+        as large as the gradients themselves. The model is left exactly as it was
+        (running statistics included). Costs two forward passes per parameter element:
+        meant for checking small models (the book's ``gradient_check.py``).
+
+        Returns:
+            ``{name: float64 array of params[name]'s shape, on the model's device}``.
+        """
+        who = f"{type(self).__name__}.numerical_gradient"
+        xp = self.device.xp
+        originals = [(layer, attr, getattr(layer, attr)) for layer, attr in self._arrays()]
         grads = {}
-        for name in self.params:
-            original = self.params[name]
+        try:
+            with self.device.scope():                  # CuPy: the copies on the model's GPU
+                for layer, attr, value in originals:
+                    setattr(layer, attr, xp.astype(value, xp.float64))
+                x = xp.astype(self._input(x), xp.float64)
+            t = self._labels(who, t, x.shape[0], self.predict(x).shape[-1])
+            for name, (layer, attr, _) in self._bindings.items():
+                base = getattr(layer, attr)
 
-            def loss_at(w, name=name):
-                self.params[name] = w
-                return self.loss(x, t, train_flg=True)
+                def loss_at(w, layer=layer, attr=attr):
+                    setattr(layer, attr, w)
+                    return self.loss(x, t, train_flg=True)
 
-            grads[name] = _numerical_gradient(loss_at, original, eps=eps)
-            self.params[name] = original
+                grads[name] = _numerical_gradient(loss_at, base, eps=eps)
+                setattr(layer, attr, base)
+        finally:
+            for layer, attr, value in originals:
+                setattr(layer, attr, value)
         return grads
 
     # ------------------------------------------------------------------ devices and files
@@ -301,11 +350,12 @@ class Sequential:
                     yield f"{lname}.{attr}", layer, attr
 
     def _find_device(self) -> Device:
-        first = next(iter(self.params.values()))
+        first_name, first = next(iter(self.params.items()))
         for name, value in self.params.items():
             if array_namespace(value) is not array_namespace(first) or array_device(value) != array_device(first):
-                raise ValueError(f"{type(self).__name__}: parameter {name!r} is on {array_device(value)} "
-                                 f"but the first parameter is on {array_device(first)}; put all on one device")
+                raise ValueError(f"{type(self).__name__}: parameter {name!r} is on {_place(value)} "
+                                 f"but the first parameter, {first_name!r}, is on {_place(first)}; "
+                                 f"put all on one device (e.g. model.to('cpu'))")
         return device_of(first)
 
     def _input(self, x):
@@ -316,22 +366,42 @@ class Sequential:
         self._check_on_device(x, "x")
         return x
 
-    def _labels(self, t):
-        if not is_array_api_obj(t) or is_host_numpy(t):
-            return self.device.asarray(t)
+    def _labels(self, who, t, n, k):
+        """Class labels by the one rule (``check_labels``), normalized, on the model's device.
+
+        Host data (NumPy, lists) is checked on the host, values included, and then moved;
+        labels already on the device are checked by shape and dtype only (no sync).
+        """
+        if not is_array_api_obj(t):
+            t = to_numpy(t)
+        if is_host_numpy(t):
+            return self.device.asarray(check_labels(who, t, n, k))
         self._check_on_device(t, "t")
-        return t
+        return check_labels(who, t, n, k)
 
     def _check_on_device(self, a, name):
         if array_namespace(a) is not self.device.xp or array_device(a) != self.device.native:
             raise ValueError(
-                f"{type(self).__name__}: {name} is a {type(a).__module__.split('.')[0]} array on "
-                f"{array_device(a)} but the model is on {self.device}; pass host NumPy data (moved "
-                f"for you) or move it: model.device.asarray(xpconv.to_numpy({name}))")
+                f"{type(self).__name__}: {name} is on {_place(a)} but the model is on "
+                f"{_place(self.device)}; pass host NumPy data (moved for you) or "
+                f"move it: model.device.asarray(xpconv.to_numpy({name}))")
 
     def __repr__(self) -> str:
         body = "\n".join(f"  ({name}): {layer!r}" for name, layer in self.layers.items())
         return f"{type(self).__name__} on {self.device}\n{body}\n  (loss): {self.last_layer!r}"
+
+
+def _place(where) -> str:
+    """A device spec that names the library: ``"torch:cpu"``, ``"cpu (numpy)"``, ``"cuda:0 (cupy)"``.
+
+    ``where``: a Device or an array.
+    """
+    if not isinstance(where, Device):
+        try:
+            where = device_of(where)
+        except (TypeError, ValueError):
+            return f"{array_device(where)} ({type(where).__module__.split('.')[0]})"
+    return where.spec if where.spec.startswith(where.library) else f"{where.spec} ({where.library})"
 
 
 def _takes_train_flg(layer) -> bool:

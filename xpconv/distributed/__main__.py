@@ -143,7 +143,7 @@ def _bench_worker(steps: int, batch_size: int, model: str) -> None:
     (x, t), _ = load_bundled_mnist(flatten=False)
     net = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[model](seed=0)
     comm.broadcast_model(net)
-    x, t = net._input(x), net._labels(t)
+    x, t = net.device.asarray(x, dtype="float32"), net.device.asarray(t)
     optimizer, rng = Adam(), host_rng(0)
     order = rng.permutation(x.shape[0])
 

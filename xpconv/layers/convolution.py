@@ -1,6 +1,10 @@
 """The Convolution layer (the book's ``common/layers.py`` name and interface)."""
 from __future__ import annotations
 
+import numbers
+
+from array_api_compat import array_namespace, device
+
 from .._checks import check_floating, check_grad, check_ndim, check_same_place
 from .._geometry import ROUNDINGS, pair
 from ..devices import device_scope
@@ -13,7 +17,8 @@ class Convolution:
 
     Args:
         W: filters, (FN, C/groups, FH, FW).
-        b: bias, (FN,).
+        b: bias, (FN,); a number means that value for every filter (the book's
+            ``Convolution(W, 0)``), a (FN,) array in W's dtype and on W's device.
         stride, dilation: int or (h, w).
         pad: int, (ph, pw), ((top, bottom), (left, right)), "valid", "same" or "full".
         groups: channel groups (groups=C: depthwise).
@@ -36,6 +41,10 @@ class Convolution:
         who = "Convolution"
         check_floating(who, "W", W)
         check_ndim(who, "W", W, 4, "(FN, C/groups, FH, FW)")
+        if isinstance(b, numbers.Real) and not isinstance(b, bool):    # a constant bias
+            xp = array_namespace(W)
+            with device_scope(W):
+                b = xp.full((W.shape[0],), float(b), dtype=W.dtype, device=device(W))
         check_same_place(who, "W", W, b=b)
         if b is None:
             raise TypeError(f"{who}: expected b of shape (FN,) = ({W.shape[0]},); got None")

@@ -1,20 +1,24 @@
 """Softmax, cross-entropy and the book's ``SoftmaxWithLoss`` output layer.
 
-Labels ``t`` come in two forms, as in the book:
+Labels ``t`` follow one rule (``xpconv._checks.check_labels``), as in the book:
 
-* class indices, an integer array of shape (N,) with values in 0..K-1;
+* class indices, an integer array of shape (N,) or (N, 1) with values in 0..K-1;
 * targets of the same shape as the scores, (N, K): one-hot rows (or any
   probability rows); they are cast to the scores' dtype.
 
 Labels must already be in the scores' library and on their device (xpconv never
-moves data silently); only their dtype may differ.
+moves data silently); only their dtype may differ. Host NumPy labels are range
+checked (ValueError). Labels on a device are not, since reading a value back would
+stop the device: a label outside 0..K-1 makes the loss NaN instead (never a silent
+wrong number). An empty batch (N = 0) or no classes (K = 0) is a ValueError: there
+is no mean loss (PyTorch's ``reduction="mean"`` gives NaN for N = 0).
 """
 from __future__ import annotations
 
 from array_api_compat import array_namespace, device
 
-from .._checks import check_array, check_floating, check_ndim, check_same_place
-from ..devices import device_scope
+from .._checks import check_array, check_floating, check_labels, check_ndim, check_same_place
+from ..devices import device_scope, is_host_numpy
 
 __all__ = ["softmax", "cross_entropy_error", "SoftmaxWithLoss"]
 
@@ -43,9 +47,9 @@ def cross_entropy_error(y, t):
     exact and stable (it works with log-softmax directly).
 
     Shapes:
-        y: (N, K) or (K,) (one sample)    t: (N,) integer labels or (N, K) targets
-        (for 1-D y: a 0-D label or (K,) targets)
-        returns a 0-D array of y's dtype
+        y: (N, K) or (K,) (one sample)    t: (N,) or (N, 1) integer labels or (N, K)
+        targets (for 1-D y: a 0-D label or (K,) targets)
+        returns a 0-D array of y's dtype (NaN if a device label is outside 0..K-1)
     """
     who = "cross_entropy_error"
     check_floating(who, "y", y)
@@ -55,21 +59,28 @@ def cross_entropy_error(y, t):
         y = xp.reshape(y, (1, y.shape[0]))
         t = array_namespace(t).reshape(t, (1,) + tuple(t.shape))
     check_ndim(who, "y", y, 2, "(N, K)")
+    t = _labels(who, y, t, "y")
     xp = array_namespace(y)
     with device_scope(y):
-        logy = xp.log(y + 1e-7)
-        return -_pick(who, logy, t, y_name="y") / y.shape[0]
+        log_y = xp.log(y + 1e-7)
+        if t.ndim == 2:
+            return -_weighted_sum(_cast(t, y), log_y) / y.shape[0]
+        mask = _onehot(t, y.shape[1], y)
+        return _nan_if_missing(-xp.sum(xp.where(mask, log_y, 0.0)) / y.shape[0], mask, t)
 
 
 class SoftmaxWithLoss:
     """Softmax followed by the mean cross-entropy loss (the book's output layer).
 
-    The loss is computed from ``log_softmax(x) = x - max - log(sum(exp(x - max)))``,
-    so it stays finite and exact for large scores (no ``log(y + 1e-7)``).
+    The loss is computed from ``log_softmax(x) = s - log(sum_k exp(s))`` with
+    ``s = x - max(x)``, so it stays finite and exact for large scores (no
+    ``log(y + 1e-7)``). For integer labels,
+    ``L = (sum_n log(sum_k exp(s[n, k])) - sum_n s[n, t[n]]) / N``.
 
     Shape:
-        forward(x, t):  x (N, K) scores, t (N,) integer labels or (N, K) targets
-            ->  loss, a 0-D array of x's dtype; keeps ``y = softmax(x)``, ``t``, ``loss``
+        forward(x, t):  x (N, K) scores, t (N,) or (N, 1) integer labels or (N, K) targets
+            ->  loss, a 0-D array of x's dtype; keeps ``y = softmax(x)``, ``t``, ``loss``.
+            N = 0 or K = 0: ValueError. A device label outside 0..K-1: the loss is NaN.
         backward(dout=1):  ->  dx = (y - onehot(t)) / N * dout, (N, K)
 
     With (N, K) targets, ``dx = (y - t) / N * dout``: exact when each row of ``t`` sums
@@ -79,21 +90,31 @@ class SoftmaxWithLoss:
     def __init__(self):
         self.loss = None
         self.y = None      # softmax output
-        self.t = None      # labels as given (integer (N,) or (N, K) targets)
+        self.t = None      # labels as given (integer (N,) or (N, 1), or (N, K) targets)
         self._target = None  # (N, K) targets in x's dtype, for backward
+        self._classes = None  # (1, K) row 0..K-1, kept between calls (one op less per step)
 
     def forward(self, x, t):
         who = "SoftmaxWithLoss.forward"
         check_floating(who, "x", x)
         check_ndim(who, "x", x, 2, "(N, K)")
+        labels = _labels(who, x, t, "x")
         xp = array_namespace(x)
+        N = x.shape[0]
         with device_scope(x):
-            shifted = x - xp.max(x, axis=-1, keepdims=True)
-            log_sum = xp.log(xp.sum(xp.exp(shifted), axis=-1, keepdims=True))
-            log_y = shifted - log_sum                                     # log_softmax, (N, K)
-            self.loss = -_pick(who, log_y, t, y_name="x") / x.shape[0]
-            self.y = xp.exp(log_y)
-            self._target = _targets(x, t)
+            shifted = x - xp.max(x, axis=1, keepdims=True)                  # s, (N, K)
+            e = xp.exp(shifted)
+            total = xp.sum(e, axis=1, keepdims=True)                        # (N, 1)
+            self.y = e / total
+            if labels.ndim == 2:                                            # (N, K) targets
+                self._target = _cast(labels, x)
+                self.loss = -_weighted_sum(self._target, shifted - xp.log(total)) / N
+            else:
+                mask = xp.reshape(labels, (N, 1)) == self._class_row(labels, x)   # (N, K) one-hot
+                self._target = xp.astype(mask, x.dtype)
+                picked = xp.sum(xp.where(mask, shifted, 0.0))               # sum_n s[n, t[n]]
+                loss = (xp.sum(xp.log(total)) - picked) / N
+                self.loss = _nan_if_missing(loss, self._target, labels)
         self.t = t
         return self.loss
 
@@ -109,6 +130,14 @@ class SoftmaxWithLoss:
 
     def __repr__(self) -> str:
         return "SoftmaxWithLoss()"
+
+    def _class_row(self, labels, x):
+        """(1, K) classes 0..K-1 in the labels' dtype on x's device, built once."""
+        row, K = self._classes, x.shape[1]
+        if (row is None or row.shape[1] != K or row.dtype != labels.dtype
+                or array_namespace(row) is not array_namespace(x) or device(row) != device(x)):
+            row = self._classes = _onehot_classes(labels, K, x)
+        return row
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -126,54 +155,47 @@ def _check_scalar_dout(who: str, dout, ref) -> None:
                          f"scalar); got shape {tuple(dout.shape)}")
 
 
-def _check_labels(who: str, y, t, y_name: str) -> bool:
-    """Validate ``t`` against scores/probabilities ``y`` (N, K); True for integer labels."""
+def _labels(who: str, scores, t, name: str):
+    """``t`` by the one rule for scores (N, K), in their library and on their device."""
+    N, K = scores.shape
+    if N == 0 or K == 0:
+        raise ValueError(f"{who}: expected {name} of shape (N, K) with N >= 1 samples and K >= 1 "
+                         f"classes (an empty batch has no mean loss); got {tuple(scores.shape)}")
     check_array(who, "t", t)
-    check_same_place(who, y_name, y, same_dtype=False, t=t)   # labels: any dtype
-    xp = array_namespace(y)
-    N, K = y.shape
-    if tuple(t.shape) == (N, K):
-        if not (xp.isdtype(t.dtype, "real floating") or xp.isdtype(t.dtype, "integral")):
-            raise TypeError(f"{who}: expected (N, K) targets t with a real dtype; got {t.dtype}")
-        return False
-    if t.ndim != 1 or t.shape[0] != N:
-        raise ValueError(f"{who}: expected t as integer labels of shape (N,) = ({N},) or one-hot "
-                         f"targets of shape (N, K) = ({N}, {K}) to match {y_name}; "
-                         f"got {tuple(t.shape)}")
-    if not xp.isdtype(t.dtype, "integral"):
-        raise TypeError(f"{who}: expected integer class labels t of shape (N,) (values 0..{K - 1}); "
-                        f"got dtype {t.dtype}. Cast them, e.g. xp.astype(t, xp.int64); "
-                        f"one-hot targets must have shape (N, K) = ({N}, {K})")
-    if N and bool(xp.any((t < 0) | (t >= K))):
-        bad = [int(v) for v in (xp.min(t), xp.max(t))]
-        raise ValueError(f"{who}: expected class labels t in 0..{K - 1} (K={K} classes in "
-                         f"{y_name}); got values in {bad[0]}..{bad[1]}")
-    return True
+    check_same_place(who, name, scores, same_dtype=False, t=t)   # labels: any dtype
+    return check_labels(who, t, N, K)
 
 
-def _onehot_mask(t, K: int, like):
-    """Boolean (N, K) mask ``mask[n, k] = (t[n] == k)``, without integer-array indexing."""
+def _onehot_classes(t, K: int, like):
+    """(1, K) row ``0..K-1`` in ``t``'s dtype on ``like``'s device."""
     xp = array_namespace(like)
-    classes = xp.arange(K, device=device(like))
-    if t.dtype != classes.dtype:
-        t = xp.astype(t, classes.dtype)
-    return xp.reshape(t, (t.shape[0], 1)) == xp.reshape(classes, (1, K))
+    return xp.reshape(xp.arange(K, dtype=t.dtype, device=device(like)), (1, K))
 
 
-def _pick(who: str, log_y, t, y_name: str):
-    """``sum_n sum_k t[n, k] * log_y[n, k]`` (0-D), with zero-weight entries contributing 0."""
+def _onehot(t, K: int, like):
+    """Boolean (N, K) mask ``mask[n, k] = (t[n] == k)``, without integer-array indexing."""
+    return array_namespace(like).reshape(t, (t.shape[0], 1)) == _onehot_classes(t, K, like)
+
+
+def _nan_if_missing(loss, onehot, t):
+    """``loss``, or NaN when a row of ``onehot`` is empty (a label outside 0..K-1), branch-free.
+
+    Host NumPy labels were range checked already; only device labels need it.
+    """
+    if is_host_numpy(t):
+        return loss
+    xp = array_namespace(loss)
+    found = xp.sum(onehot if onehot.dtype == loss.dtype else xp.astype(onehot, loss.dtype))
+    return xp.where(found == t.shape[0], loss, float("nan"))          # found: labels in 0..K-1
+
+
+def _cast(t, like):
+    """``t`` in ``like``'s dtype (no copy when it already is)."""
+    return t if t.dtype == like.dtype else array_namespace(like).astype(t, like.dtype)
+
+
+def _weighted_sum(target, log_y):
+    """``sum_n sum_k target[n, k] * log_y[n, k]`` (0-D), zero-weight entries adding 0."""
     xp = array_namespace(log_y)
-    if _check_labels(who, log_y, t, y_name):
-        mask = _onehot_mask(t, log_y.shape[1], log_y)
-        return xp.sum(xp.where(mask, log_y, 0.0))
-    target = t if t.dtype == log_y.dtype else xp.astype(t, log_y.dtype)
     # where(): a zero target times log_y = -inf (a masked class) must add 0, not NaN
     return xp.sum(xp.where(target != 0, target * log_y, 0.0))
-
-
-def _targets(x, t):
-    """(N, K) targets in x's dtype (one-hot rows for integer labels)."""
-    xp = array_namespace(x)
-    if tuple(t.shape) == tuple(x.shape):
-        return t if t.dtype == x.dtype else xp.astype(t, x.dtype)
-    return xp.astype(_onehot_mask(t, x.shape[1], x), x.dtype)

@@ -1,4 +1,4 @@
-"""The ``xpconv`` command: devices, train, filters, bench."""
+"""The ``xpconv`` command: devices, train, filters, convert, bench."""
 from __future__ import annotations
 
 import argparse
@@ -56,6 +56,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("params", metavar="PARAMS", help="file written by --save / save_params")
     f.add_argument("--out", default="filters.png", help="image to write (default: filters.png)")
     f.set_defaults(run=_filters)
+
+    c = sub.add_parser("convert", help="convert the book's params.pkl (or any params file) to .npz",
+                       description="Read parameters safely (an .npz, or a pickle of the book's "
+                                   "parameters: a dict of names to float arrays; nothing in it is run) "
+                                   "and write them as an .npz that load_params reads.")
+    c.add_argument("source", metavar="SOURCE", help="e.g. the book's ch07/params.pkl")
+    c.add_argument("target", metavar="TARGET", help="the .npz to write (written atomically)")
+    c.set_defaults(run=_convert)
 
     b = sub.add_parser("bench", help="run bench/run.py (from a source checkout)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
@@ -127,6 +135,19 @@ def _filters(args) -> int:
         raise ValueError(f"{args.params}: no 4-D filter array (FN, C, FH, FW) in it; has {list(arrays)}")
     save_filter_grid(arrays[first], args.out, title=f"{first} of {Path(args.params).name}")
     print(f"wrote {args.out}: {arrays[first].shape[0]} filters of {first} {arrays[first].shape}")
+    return 0
+
+
+def _convert(args) -> int:
+    import os
+    from .serialization import load_arrays, save_arrays
+    arrays, metadata = load_arrays(args.source, who="convert")
+    if os.path.exists(args.target) and os.path.samefile(args.source, args.target):
+        raise ValueError(f"convert: {args.target} is the same file as {args.source}; write to another path")
+    save_arrays(args.target, arrays, metadata={**metadata, "format": "xpconv-params", "version": "1"})
+    listing = ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
+    dtypes = "/".join(sorted({str(v.dtype) for v in arrays.values()}))
+    print(f"wrote {args.target}: {len(arrays)} arrays ({dtypes}) from {args.source}: {listing}")
     return 0
 
 

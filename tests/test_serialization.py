@@ -1,9 +1,13 @@
-"""Tests for xpconv.serialization: atomic .npz saving and pickle-free loading."""
+"""Tests for xpconv.serialization: atomic .npz saving and safe, bounded loading."""
 
+import contextlib
 import os
 import pathlib
 import pickle
+import signal
 import struct
+import subprocess
+import sys
 import tracemalloc
 import zipfile
 
@@ -398,3 +402,102 @@ def test_fortran_and_big_endian_members(tmp_path):
     np.testing.assert_array_equal(arrays["big"], big)
     assert arrays["big"].dtype.isnative and arrays["big"].dtype == np.int32
     assert arrays["meta"].shape == () and arrays["meta"].dtype == np.float16
+
+
+# ------------------------------------------------- killed saves, signals, symlinks
+
+_SLOW_SAVE = """
+import sys, time
+import numpy as np
+import xpconv.serialization as s
+real = s._write_member
+def slow(archive, name, arr):
+    real(archive, name, arr)
+    print("writing", flush=True)
+    time.sleep(120)
+s._write_member = slow
+s.save_arrays(sys.argv[1], {"a": np.ones(1000), "b": np.zeros(10)})
+"""
+
+
+def _temps(folder):
+    return sorted(n for n in os.listdir(folder) if ".xpconv-tmp-" in n)
+
+
+@contextlib.contextmanager
+def _saving_in_another_process(path):
+    """A process that is in the middle of saving to ``path`` (until it is killed)."""
+    env = {**os.environ, "PYTHONPATH": str(pathlib.Path(serialization.__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_SAVE, str(path)], stdout=subprocess.PIPE,
+                            text=True, env=env)
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        assert len(_temps(path.parent)) == 1
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=60)
+        proc.stdout.close()
+
+
+needs_signals = pytest.mark.skipif(os.name != "posix", reason="POSIX signals")
+
+
+@needs_signals
+def test_temps_of_a_killed_save_are_removed_by_the_next_save(tmp_path):
+    path = tmp_path / "params.npz"
+    save_arrays(path, {"old": np.arange(3.0)})
+    before = path.read_bytes()
+    for _ in range(2):   # each save removes what the killed one before it left: no pile-up
+        with _saving_in_another_process(path) as proc:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=60)
+        assert len(_temps(tmp_path)) == 1 and path.read_bytes() == before   # what a SIGKILL leaves
+    (tmp_path / ".params.npz.tmp").write_bytes(b"not ours")
+    (tmp_path / ".other.npz.xpconv-tmp-abcdefgh").write_bytes(b"another file's")
+    save_arrays(path, {"new": np.ones(2)})
+    assert sorted(os.listdir(tmp_path)) == [".other.npz.xpconv-tmp-abcdefgh", ".params.npz.tmp", "params.npz"]
+    assert list(load_arrays(path)[0]) == ["new"]
+
+
+@needs_signals
+def test_a_save_in_progress_is_left_alone(tmp_path):
+    path = tmp_path / "params.npz"
+    with _saving_in_another_process(path):
+        live = _temps(tmp_path)
+        save_arrays(path, {"mine": np.ones(2)})       # must not delete the other one's temp
+        assert _temps(tmp_path) == live
+    assert list(load_arrays(path)[0]) == ["mine"]
+
+
+@needs_signals
+def test_sigterm_during_a_save_leaves_no_temp(tmp_path):
+    path = tmp_path / "params.npz"
+    save_arrays(path, {"old": np.arange(3.0)})
+    before = path.read_bytes()
+    with _saving_in_another_process(path) as proc:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == -signal.SIGTERM    # still ends as SIGTERM does
+    assert _temps(tmp_path) == [] and path.read_bytes() == before
+
+
+@needs_signals
+def test_sigterm_handler_is_restored(tmp_path):
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    save_arrays(tmp_path / "p.npz", {"a": np.ones(1)})
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+@pytest.mark.skipif(not hasattr(os, "symlink"), reason="no symlinks")
+def test_save_writes_through_a_symlink(tmp_path):
+    real_dir = tmp_path / "runs"
+    real_dir.mkdir()
+    target = real_dir / "best.npz"
+    save_arrays(target, {"old": np.ones(1)})
+    link = tmp_path / "latest.npz"
+    link.symlink_to(os.path.relpath(target, tmp_path))
+    save_arrays(link, {"new": np.zeros(2)})
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    assert list(load_arrays(target)[0]) == ["new"]
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "runs"] and os.listdir(real_dir) == ["best.npz"]

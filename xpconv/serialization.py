@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_write
 from ._book_pickle import PICKLE_PROTOCOLS, read_book_pickle
 from ._npz_reader import NpzReader
 
@@ -69,31 +68,26 @@ def save_arrays(
 ) -> None:
     """Write named arrays (and string metadata) to an ``.npz`` file atomically.
 
-    The archive is written to a temporary file in the destination folder,
-    flushed and fsync'ed, then moved onto ``path`` with ``os.replace``; an
-    error mid-write leaves any existing ``path`` untouched and removes the
-    temporary file.  ``path`` is used exactly as given (no ``.npz`` is
-    appended).
+    The archive is written to a temporary file ``.{name}.xpconv-tmp-*`` in the
+    destination folder, fsync'ed, then renamed onto ``path``: an error, Ctrl-C or
+    SIGTERM mid-write leaves any existing ``path`` untouched and removes the
+    temporary file, and temporary files that a killed earlier save to the same
+    path left behind are removed. A symlink is written through (its target is
+    replaced). ``path`` is used exactly as given (no ``.npz`` is appended).
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Destination file.
-    arrays : Mapping[str, numpy.ndarray]
-        Name -> numeric host array (bool, integer, floating or complex).
-        Names must be non-empty and must not start with ``"__meta__."``.
-    metadata : Mapping[str, str], optional
-        Name -> string, e.g. ``{"format": "xpconv-params", "version": "1"}``;
-        stored as 0-d unicode arrays named ``"__meta__." + name``.
+    Args:
+        path: destination file.
+        arrays: name -> numeric host array (bool, integer, floating or complex).
+            Names must be non-empty and must not start with ``"__meta__."``.
+        metadata: name -> string, e.g. ``{"format": "xpconv-params", "version": "1"}``;
+            stored as 0-d unicode arrays named ``"__meta__." + name``.
 
-    Raises
-    ------
-    ValueError
-        Reserved or empty names.
-    TypeError
-        Non-string names or metadata values; object or other non-numeric arrays.
+    Raises:
+        ValueError: reserved or empty names.
+        TypeError: non-string names or metadata values; object or other
+            non-numeric arrays.
     """
-    path = Path(os.fspath(path))
+    path = os.fspath(path)
     payload: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
         if not isinstance(name, str) or not name:
@@ -112,43 +106,10 @@ def save_arrays(
             )
         payload[META_PREFIX + key] = np.array(text, dtype=np.str_)
 
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for name, arr in payload.items():
-                    _write_member(archive, name, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        try:  # mkstemp makes 0600 files; keep an existing file's mode, else 0644
-            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Best effort: make the rename durable (POSIX only)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory if str(directory) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    with atomic_write(path) as f:
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, arr in payload.items():
+                _write_member(archive, name, arr)
 
 
 def max_load_bytes(max_bytes: int | None = None, *, who: str = "load_arrays") -> int:

@@ -268,9 +268,40 @@ def test_fetch_reports_every_mirror_when_all_fail(tmp_path):
     with pytest.raises(DatasetUnavailableError) as info:
         mnist.fetch("f.bin", PAYLOAD_SHA, len(PAYLOAD), urls, tmp_path / "cache", timeout=5)
     assert isinstance(info.value, RuntimeError)
+    first, *rest = str(info.value).splitlines()
+    assert first == "fetch: could not get 'f.bin' from any of 2 mirrors: ConnectionError"
     for u in urls:
-        assert u in str(info.value)
-    assert "last error" in str(info.value)
+        assert any(line.startswith(f"  tried {u}: ConnectionError") for line in rest)
+    assert "load_bundled_mnist" in rest[-1]
+
+
+def test_fetch_offline_logs_nothing_and_draws_no_bar(tmp_path, capfd):
+    import logging
+    import pooch
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(DatasetUnavailableError):
+            mnist.fetch("f.bin", PAYLOAD_SHA, len(PAYLOAD), [closed_port_url() + "f.bin"] * 3,
+                        tmp_path / "cache", timeout=5, progressbar=True)
+    finally:
+        logger.removeHandler(handler)
+    assert records == [] and logger.level == level     # no "Downloading data from ..." lines
+    assert capfd.readouterr().err == ""
+
+
+def test_fetch_shows_a_progress_bar_named_after_the_file(server, tmp_path, capfd):
+    root, url = server
+    (root / "f.bin").write_bytes(PAYLOAD)
+    mnist.fetch("f.bin", PAYLOAD_SHA, len(PAYLOAD), [closed_port_url() + "f.bin", url + "f.bin"],
+                tmp_path / "cache", progressbar=True)
+    err = capfd.readouterr().err
+    assert "f.bin" in err and "100%" in err and "Downloading" not in err
 
 
 def test_load_mnist_uses_mirrors_and_cache(server, tmp_path, monkeypatch):
@@ -422,7 +453,8 @@ def test_load_dataset_npz_and_mnist_dispatch(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(registry, "load_mnist", lambda **kw: calls.append(kw) or "ok")
     assert load_dataset("mnist", data_dir="somewhere") == "ok"
-    assert calls == [dict(normalize=True, flatten=False, one_hot_label=False, data_dir="somewhere")]
+    assert calls == [dict(normalize=True, flatten=False, one_hot_label=False, data_dir="somewhere",
+                          progressbar=None)]
 
 
 def test_load_dataset_unknown_name():

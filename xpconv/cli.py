@@ -91,13 +91,13 @@ def _train(args) -> int:
     dev = device(args.device)
     name = args.data or "mnist"
     try:
-        (x_train, t_train), (x_test, t_test) = load_dataset(name)
+        (x_train, t_train), (x_test, t_test) = load_dataset(name, progressbar=False if args.quiet else None)
     except DatasetUnavailableError as exc:
-        if args.data is not None:
-            raise
-        first = str(exc).splitlines()[0]
-        print(f"full MNIST unavailable ({first}); using the bundled MNIST test set instead "
-              f"(8,000 train / 2,000 validation)", file=sys.stderr)
+        if args.data is not None:   # one line; the full message lists every mirror's error
+            raise DatasetUnavailableError(f"{str(exc).splitlines()[0]}; --data mnist-bundled works offline") from None
+        if not args.quiet:
+            print(f"xpconv train: full MNIST unavailable ({str(exc).splitlines()[0]}); using the bundled "
+                  f"MNIST test set instead (8,000 train / 2,000 validation)", file=sys.stderr)
         name = "mnist-bundled"
         (x_train, t_train), (x_test, t_test) = load_dataset(name)
     if args.limit:

@@ -157,6 +157,13 @@ class FromBuffer:
         return (np._core.numeric._frombuffer, self.args)
 
 
+class PlainObject:
+    """Pickled by protocols 2+ with NEWOBJ (an instance built from its class) and BUILD."""
+
+    def __init__(self):
+        self.weights = [1.0, 2.0]
+
+
 @pytest.fixture
 def sentinel(tmp_path):
     return tmp_path / "sentinel"
@@ -199,6 +206,8 @@ def _payloads(sentinel):
         "not-a-dict": [np.ones(2)],
         "bare-array": np.ones(2),
         "value-not-array": {"W1": 1.0},
+        "plain-object": {"W1": PlainObject()},
+        "float-value": {"W1": 2.5},
     }
 
 
@@ -224,8 +233,9 @@ def test_planted_pickles_are_refused_and_never_run(tmp_path, sentinel, kind, pro
 
 def test_refusals_name_what_was_found(tmp_path, sentinel):
     cases = {"system-call": "posix.system", "unknown-global": "builtins.print", "int-array": "'i8', False, True) (integer)",
-             "huge-shape": "(1000000000000,)", "non-str-key": "names", "not-a-dict": "list",
-             "ordered-dict": "collections.OrderedDict", "object-array": "(Python objects)"}
+             "huge-shape": "(1000000000000,)", "non-str-key": "names", "not-a-dict": "opcode EMPTY_LIST",
+             "plain-object": "opcode NEWOBJ",
+             "ordered-dict": "collections.OrderedDict", "object-array": "opcode EMPTY_LIST"}
     payloads = _payloads(sentinel)
     for kind, word in cases.items():
         path = write_pickle(tmp_path / f"{kind}.pkl", payloads[kind])
@@ -245,6 +255,16 @@ def test_limits_and_damage(tmp_path):
         load_arrays(path)
     path.write_bytes(b"\x80\x09" + b"\0" * 10)   # not a protocol that exists
     with pytest.raises(ValueError, match="first bytes"):
+        load_arrays(path)
+
+
+def test_number_of_opcodes_is_bounded(tmp_path, monkeypatch):
+    import xpconv._book_pickle as book_pickle
+
+    path = write_pickle(tmp_path / "p.pkl", book_params())
+    load_arrays(path)
+    monkeypatch.setattr(book_pickle, "MAX_OPCODES", 50)
+    with pytest.raises(ValueError, match="more than 50 pickle opcodes"):
         load_arrays(path)
 
 

@@ -16,12 +16,15 @@ NumPy 2 ``numpy._core.*``; both are accepted)::
     scalar(dtype, data)                              # a NumPy scalar such as np.float64(1.0)
     _codecs.encode(text, "latin1"), bytes()          # bytes, in protocol 2
 
-Each stand-in checks its arguments and returns an inert record (no NumPy object
-is built while unpickling); opcodes that build instances (``NEWOBJ``) need a class
-and get a function, ``persistent_load`` and out-of-band buffers are not provided.
-Only after the whole file has been read is the result checked (a dict of
-non-empty ``str`` names to real floating-point arrays, float16/32/64) and are the
-arrays built from the records, with the total size bounded before any allocation.
+Before anything is unpickled, the opcodes are listed (:func:`pickletools.genops`,
+which builds nothing): only those such a file uses are allowed (no lists, no
+instance-building ``INST``/``OBJ``/``NEWOBJ``, no extensions, persistent ids or
+out-of-band buffers) and their number is bounded, so a small file cannot build a
+huge number of Python objects. Then each stand-in checks its arguments and returns
+an inert record: no NumPy object is built while unpickling. Only after the whole
+file has been read is the result checked (a dict of non-empty ``str`` names to
+real floating-point arrays, float16/32/64) and are the arrays built from the
+records, with the total size bounded before any allocation.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import reprlib
 
 import numpy as np
@@ -39,6 +43,17 @@ __all__ = ["read_book_pickle", "PICKLE_PROTOCOLS"]
 PICKLE_PROTOCOLS = (2, 3, 4, 5)
 _FLOAT_CODES = ("f2", "f4", "f8")          # how NumPy pickles float16/32/64 dtypes
 _ENDIAN = ("<", ">", "=", "|")
+
+
+#: The opcodes that pickles of a dict of NumPy arrays use (protocols 2 to 5).
+_OPCODES = frozenset("""
+    PROTO FRAME STOP MARK EMPTY_DICT DICT SETITEM SETITEMS EMPTY_TUPLE TUPLE TUPLE1 TUPLE2 TUPLE3
+    GLOBAL STACK_GLOBAL REDUCE BUILD MEMOIZE BINPUT LONG_BINPUT BINGET LONG_BINGET NONE NEWTRUE
+    NEWFALSE BININT BININT1 BININT2 LONG1 BINUNICODE SHORT_BINUNICODE BINUNICODE8
+    SHORT_BINBYTES BINBYTES BINBYTES8 BYTEARRAY8
+""".split())
+#: At most this many opcodes (about 20 per array): bounds the Python objects a file can make.
+MAX_OPCODES = 1 << 20
 
 
 class _Refused(Exception):
@@ -175,6 +190,18 @@ _REPR = reprlib.Repr()
 _REPR.maxlevel, _REPR.maxtuple, _REPR.maxstring, _REPR.maxother = 3, 6, 40, 40
 
 
+def _check_opcodes(data: bytes) -> None:
+    """Refuse opcodes outside :data:`_OPCODES`, and more than :data:`MAX_OPCODES` of them."""
+    count = 0
+    for op, _, pos in pickletools.genops(data):
+        if op.name not in _OPCODES:
+            raise _Refused(f"it uses the pickle opcode {op.name} at byte {pos}; a pickle of a dict of "
+                           "float arrays never does (lists, objects and object arrays are refused)")
+        count += 1
+        if count > MAX_OPCODES:
+            raise _Refused(f"it has more than {MAX_OPCODES} pickle opcodes (MAX_OPCODES)")
+
+
 def _short(obj) -> str:
     """A bounded repr of untrusted data (no deep recursion, no long strings)."""
     return _REPR.repr(obj)
@@ -210,6 +237,7 @@ def read_book_pickle(path: str | os.PathLike, *, who: str, max_bytes: int) -> di
                          f"got first bytes {data[:2]!r}")
     refusal = f"{who}: {path}: refused to load this pickle (nothing in it was run)"
     try:
+        _check_opcodes(data)
         result = _Unpickler(io.BytesIO(data)).load()
     except _Refused as exc:
         raise ValueError(f"{refusal}: {exc}") from None

@@ -18,6 +18,11 @@ import xpconv
 from xpconv import cli
 from xpconv.serialization import load_arrays
 
+try:                                       # where NumPy's pickling helpers live: NumPy 2, then 1
+    from numpy._core import multiarray as np_multiarray, numeric as np_numeric
+except ImportError:
+    from numpy.core import multiarray as np_multiarray, numeric as np_numeric
+
 PROTOCOLS = [2, 3, 4, 5]
 TINY = dict(input_dim=(1, 8, 8), conv_param={"filter_num": 3, "filter_size": 3, "pad": 0, "stride": 1},
             hidden_size=5, output_size=3)
@@ -144,7 +149,7 @@ class FakeArray:
         self.state, self.subtype = state, subtype
 
     def __reduce__(self):
-        return (np._core.multiarray._reconstruct, (self.subtype, (0,), b"b"), self.state)
+        return (np_multiarray._reconstruct, (self.subtype, (0,), b"b"), self.state)
 
 
 class FromBuffer:
@@ -154,7 +159,7 @@ class FromBuffer:
         self.args = args
 
     def __reduce__(self):
-        return (np._core.numeric._frombuffer, self.args)
+        return (np_numeric._frombuffer, self.args)
 
 
 class PlainObject:

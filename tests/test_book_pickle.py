@@ -201,6 +201,7 @@ def _payloads(sentinel):
         "huge-shape": {"W1": FakeArray((1, (10**12,), f8, False, b"\0" * 8))},
         "huge-frombuffer": {"W1": FromBuffer(b"\0" * 8, f8, (10**6, 10**6), "C")},
         "negative-shape": {"W1": FakeArray((1, (-1,), f8, False, b""))},
+        "many-dims": {"W1": FakeArray((1, (2**2000,) * 100, f8, False, b""))},
         "non-str-key": {1: np.ones(2)},
         "bytes-key": {b"W1": np.ones(2)},
         "empty-key": {"": np.ones(2)},

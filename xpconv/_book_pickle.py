@@ -43,6 +43,7 @@ __all__ = ["read_book_pickle", "PICKLE_PROTOCOLS"]
 PICKLE_PROTOCOLS = (2, 3, 4, 5)
 _FLOAT_CODES = ("f2", "f4", "f8")          # how NumPy pickles float16/32/64 dtypes
 _ENDIAN = ("<", ">", "=", "|")
+_MAX_NDIM = 64                             # NumPy's own limit
 
 
 #: The opcodes that pickles of a dict of NumPy arrays use (protocols 2 to 5).
@@ -85,15 +86,15 @@ class _ArrayRecord:
         self.shape = None                  # set by __setstate__ (or by _frombuffer/scalar)
 
     def set(self, shape, dtype, fortran, data):
-        if not (isinstance(shape, tuple) and all(type(d) is int and d >= 0 for d in shape)):
-            raise _Refused(f"expected an array shape (a tuple of ints >= 0); got {_short(shape)}")
+        if not (isinstance(shape, tuple) and len(shape) <= _MAX_NDIM
+                and all(type(d) is int and 0 <= d < 2**63 for d in shape)):
+            raise _Refused(f"expected an array shape (a tuple of at most {_MAX_NDIM} ints in 0..2**63-1); "
+                           f"got {_short(shape)}")
         if not isinstance(dtype, _DtypeRecord):
             raise _Refused(f"expected a floating dtype; got {_short(dtype)}")
         if not isinstance(fortran, bool):
             raise _Refused(f"expected a bool memory order flag; got {_short(fortran)}")
-        if isinstance(data, pickle.PickleBuffer):
-            data = data.raw()
-        if not isinstance(data, (bytes, bytearray, memoryview)):
+        if not isinstance(data, (bytes, bytearray)):
             raise _Refused(f"expected the array's raw bytes; got {type(data).__name__}")
         nbytes = math.prod(shape) * dtype.dtype.itemsize
         if len(data) != nbytes:

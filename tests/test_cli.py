@@ -48,14 +48,27 @@ def test_train_other_models(model, tiny_npz, capsys):
     assert code == 0, capsys.readouterr().err
 
 
-def test_default_data_falls_back_to_bundled_offline(monkeypatch, capsys):
+@pytest.mark.parametrize("quiet", [False, True])
+def test_default_data_falls_back_to_bundled_offline(monkeypatch, capsys, quiet):
     def offline(*args, **kwargs):
-        raise DatasetUnavailableError("train-images-idx3-ubyte.gz: no mirror reachable")
+        raise DatasetUnavailableError("fetch: could not get 'train-images-idx3-ubyte.gz' from any of "
+                                      "3 mirrors: ConnectionError\n  tried https://a: ConnectionError: long\n")
 
     monkeypatch.setattr("xpconv.datasets.registry.load_mnist", offline)
-    assert cli.main(["train", "--epochs", "1", "--limit", "100", "--quiet"]) == 0
+    assert cli.main(["train", "--epochs", "1", "--limit", "100"] + ["--quiet"] * quiet) == 0
     captured = capsys.readouterr()
-    assert "full MNIST unavailable" in captured.err and "mnist-bundled" in captured.out
+    assert "mnist-bundled" in captured.out
+    fallback = [line for line in captured.err.splitlines() if "MNIST" in line]
+    if quiet:
+        assert fallback == []
+    else:
+        assert fallback == ["xpconv train: full MNIST unavailable (fetch: could not get "
+                            "'train-images-idx3-ubyte.gz' from any of 3 mirrors: ConnectionError); "
+                            "using the bundled MNIST test set instead (8,000 train / 2,000 validation)"]
+    monkeypatch.setattr("xpconv.datasets.registry.load_mnist", offline)
+    assert cli.main(["train", "--data", "mnist", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--data mnist-bundled works offline" in err
 
 
 def test_errors_are_reported_not_raised(capsys, tmp_path):

@@ -7,9 +7,12 @@ import hashlib
 import http.server
 import importlib.resources
 import os
+import pickle
 import socket
 import struct
 import threading
+import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -265,9 +268,40 @@ def test_fetch_reports_every_mirror_when_all_fail(tmp_path):
     with pytest.raises(DatasetUnavailableError) as info:
         mnist.fetch("f.bin", PAYLOAD_SHA, len(PAYLOAD), urls, tmp_path / "cache", timeout=5)
     assert isinstance(info.value, RuntimeError)
+    first, *rest = str(info.value).splitlines()
+    assert first == "fetch: could not get 'f.bin' from any of 2 mirrors: ConnectionError"
     for u in urls:
-        assert u in str(info.value)
-    assert "last error" in str(info.value)
+        assert any(line.startswith(f"  tried {u}: ConnectionError") for line in rest)
+    assert "load_bundled_mnist" in rest[-1]
+
+
+def test_fetch_offline_logs_nothing_and_draws_no_bar(tmp_path, capfd):
+    import logging
+    import pooch
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(DatasetUnavailableError):
+            mnist.fetch("f.bin", PAYLOAD_SHA, len(PAYLOAD), [closed_port_url() + "f.bin"] * 3,
+                        tmp_path / "cache", timeout=5, progressbar=True)
+    finally:
+        logger.removeHandler(handler)
+    assert records == [] and logger.level == level     # no "Downloading data from ..." lines
+    assert capfd.readouterr().err == ""
+
+
+def test_fetch_shows_a_progress_bar_named_after_the_file(server, tmp_path, capfd):
+    root, url = server
+    (root / "f.bin").write_bytes(PAYLOAD)
+    mnist.fetch("f.bin", PAYLOAD_SHA, len(PAYLOAD), [closed_port_url() + "f.bin", url + "f.bin"],
+                tmp_path / "cache", progressbar=True)
+    err = capfd.readouterr().err
+    assert "f.bin" in err and "100%" in err and "Downloading" not in err
 
 
 def test_load_mnist_uses_mirrors_and_cache(server, tmp_path, monkeypatch):
@@ -419,10 +453,97 @@ def test_load_dataset_npz_and_mnist_dispatch(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(registry, "load_mnist", lambda **kw: calls.append(kw) or "ok")
     assert load_dataset("mnist", data_dir="somewhere") == "ok"
-    assert calls == [dict(normalize=True, flatten=False, one_hot_label=False, data_dir="somewhere")]
+    assert calls == [dict(normalize=True, flatten=False, one_hot_label=False, data_dir="somewhere",
+                          progressbar=None)]
 
 
 def test_load_dataset_unknown_name():
     with pytest.raises(ValueError, match="mnist-bundled") as info:
         load_dataset("cifar10")
     assert "cifar10" in str(info.value)
+
+
+# ------------------------------------------------- npz data sets: untrusted files
+
+
+def test_npz_dataset_uint64_labels_cannot_wrap_negative(tmp_path):
+    path = _write(tmp_path / "d.npz", x=np.zeros((3, 2, 2)), t=np.array([0, 1, 2**63], dtype=np.uint64))
+    with pytest.raises(ValueError, match=r"'t'.*9223372036854775808"):
+        load_npz_dataset(path)
+    path = _write(tmp_path / "ok.npz", x=np.zeros((3, 2, 2)), t=np.array([0, 1, 2**63 - 1], dtype=np.uint64))
+    (_, t), (_, tv) = load_npz_dataset(path, val_fraction=0.4)
+    assert t.tolist() == [0, 1] and tv.tolist() == [2**63 - 1]
+
+
+def _npy_member(archive, name, descr, shape, chunks):
+    info = zipfile.ZipInfo(name + ".npy")
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with archive.open(info, "w", force_zip64=True) as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": descr, "fortran_order": False, "shape": shape})
+        for chunk in chunks:
+            f.write(chunk)
+
+
+def _peak(fn):
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_npz_dataset_reads_only_what_it_needs_within_a_cap(tmp_path):
+    path = _write(tmp_path / "d.npz", x=np.zeros((10, 4, 4), np.uint8), t=np.arange(10) % 2)
+    with zipfile.ZipFile(path, "a") as archive:   # 64 MiB of zeros, deflated to ~64 KiB
+        _npy_member(archive, "extra", "|u1", (64 << 20,), [bytes(1 << 20)] * 64)
+    assert path.stat().st_size < 1 << 20
+    peak = _peak(lambda: load_npz_dataset(path))
+    assert peak < 4 << 20            # the unused member is never decompressed
+    (x, _), _ = load_npz_dataset(path, max_bytes=10 * 16 + 10 * 8)
+    assert x.shape == (8, 1, 4, 4)
+    with pytest.raises(ValueError, match="max_bytes"):
+        load_npz_dataset(path, max_bytes=100)
+
+
+def test_npz_dataset_huge_declared_shape_is_a_clear_error(tmp_path):
+    path = tmp_path / "d.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        _npy_member(archive, "x", "|u1", (10**6, 1000, 1000), [bytes(16)])
+        _npy_member(archive, "t", "<i8", (10**6,), [bytes(16)])
+    peak = _peak(lambda: pytest.raises(ValueError, load_npz_dataset, path))
+    assert peak < 1 << 20
+    with pytest.raises(ValueError, match=r"load_npz_dataset: .*'x' declares shape \(1000000, 1000, 1000\)"):
+        load_npz_dataset(path, max_bytes=10**13)
+
+
+def test_npz_dataset_cap_from_the_environment(tmp_path, monkeypatch):
+    path = _write(tmp_path / "d.npz", x=np.zeros((10, 32, 32), np.uint8), t=np.zeros(10, int))
+    monkeypatch.setenv("XPCONV_MAX_LOAD_MB", "0.001")
+    with pytest.raises(ValueError, match="max_bytes"):
+        load_npz_dataset(path)
+    monkeypatch.setenv("XPCONV_MAX_LOAD_MB", "nan")
+    with pytest.raises(ValueError, match="XPCONV_MAX_LOAD_MB.*'nan'"):
+        load_npz_dataset(path)
+    monkeypatch.setenv("XPCONV_MAX_LOAD_MB", "1")
+    (x, _), _ = load_npz_dataset(path)
+    assert x.shape == (8, 1, 32, 32)
+
+
+def test_npz_dataset_one_hot_of_huge_labels_is_refused(tmp_path):
+    path = _write(tmp_path / "d.npz", x=np.zeros((4, 2, 2)), t=np.array([0, 1, 10**8, 2]))
+    peak = _peak(lambda: pytest.raises(ValueError, load_npz_dataset, path, one_hot_label=True,
+                                       max_bytes=1 << 30))
+    assert peak < 1 << 20
+
+
+def test_npz_dataset_refuses_pickles_and_warns_on_nan(tmp_path):
+    path = tmp_path / "d.npz"
+    path.write_bytes(pickle.dumps({"x": np.zeros((4, 2, 2)), "t": np.zeros(4, int)}, protocol=4))
+    with pytest.raises(ValueError, match="pickle"):
+        load_npz_dataset(path)
+    x = np.zeros((4, 2, 2))
+    x[1, 0, 0] = np.nan
+    path = _write(tmp_path / "n.npz", x=x, t=np.zeros(4, int))
+    with pytest.warns(RuntimeWarning, match="non-finite .* in x"):
+        load_npz_dataset(path)

@@ -1,4 +1,4 @@
-"""The ``xpconv`` command: devices, train, filters, bench."""
+"""The ``xpconv`` command: devices, train, filters, convert, bench."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", default="filters.png", help="image to write (default: filters.png)")
     f.set_defaults(run=_filters)
 
+    c = sub.add_parser("convert", help="convert the book's params.pkl (or any params file) to .npz",
+                       description="Read parameters safely (an .npz, or a pickle of the book's "
+                                   "parameters: a dict of names to float arrays; nothing in it is run) "
+                                   "and write them as an .npz that load_params reads.")
+    c.add_argument("source", metavar="SOURCE", help="e.g. the book's ch07/params.pkl")
+    c.add_argument("target", metavar="TARGET", help="the .npz to write (written atomically)")
+    c.set_defaults(run=_convert)
+
     b = sub.add_parser("bench", help="benchmark xpconv against the textbook NumPy code and PyTorch "
                                      "(xpconv bench --help)", add_help=False)
     b.set_defaults(run=_bench)  # its options are parsed by xpconv.bench.cli
@@ -108,13 +116,15 @@ def _train(args) -> int:
     name = args.data or "mnist"
     if root:   # rank 0 loads (and downloads) first; the others then load what it chose
         try:
-            (x_train, t_train), (x_test, t_test) = load_dataset(name)
+            (x_train, t_train), (x_test, t_test) = load_dataset(
+                name, progressbar=False if args.quiet else None)
         except DatasetUnavailableError as exc:
-            if args.data is not None:
-                raise
-            first = str(exc).splitlines()[0]
-            print(f"full MNIST unavailable ({first}); using the bundled MNIST test set instead "
-                  f"(8,000 train / 2,000 validation)", file=sys.stderr)
+            if args.data is not None:   # one line; the full message lists every mirror's error
+                raise DatasetUnavailableError(f"{str(exc).splitlines()[0]}; --data mnist-bundled works "
+                                              f"offline") from None
+            if not args.quiet:
+                print(f"xpconv train: full MNIST unavailable ({str(exc).splitlines()[0]}); using the "
+                      f"bundled MNIST test set instead (8,000 train / 2,000 validation)", file=sys.stderr)
             name = "mnist-bundled"
             (x_train, t_train), (x_test, t_test) = load_dataset(name)
     if comm is not None:
@@ -184,6 +194,19 @@ def _filters(args) -> int:
         raise ValueError(f"{args.params}: no 4-D filter array (FN, C, FH, FW) in it; has {list(arrays)}")
     save_filter_grid(arrays[first], args.out, title=f"{first} of {Path(args.params).name}")
     print(f"wrote {args.out}: {arrays[first].shape[0]} filters of {first} {arrays[first].shape}")
+    return 0
+
+
+def _convert(args) -> int:
+    import os
+    from .serialization import load_arrays, save_arrays
+    arrays, metadata = load_arrays(args.source, who="convert")
+    if os.path.exists(args.target) and os.path.samefile(args.source, args.target):
+        raise ValueError(f"convert: {args.target} is the same file as {args.source}; write to another path")
+    save_arrays(args.target, arrays, metadata={**metadata, "format": "xpconv-params", "version": "1"})
+    listing = ", ".join(f"{k} {v.shape}" for k, v in arrays.items())
+    dtypes = "/".join(sorted({str(v.dtype) for v in arrays.values()}))
+    print(f"wrote {args.target}: {len(arrays)} arrays ({dtypes}) from {args.source}: {listing}")
     return 0
 
 

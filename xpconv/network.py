@@ -324,7 +324,9 @@ class Sequential:
     def load_params(self, path) -> "Sequential":
         """Read parameters saved by ``save_params`` (from any device) onto this model's device.
 
-        Names and shapes must match this model; pickle files are refused, never unpickled.
+        Names and shapes must match this model. The file's content decides how it is read:
+        an ``.npz`` under any name, or the book's ``params.pkl`` through a restricted reader
+        that never runs code (see ``xpconv.serialization.load_arrays``).
         """
         slots = [(name, layer, attr) for name, (layer, attr, _) in self._bindings.items()]
         slots += list(self._buffers())

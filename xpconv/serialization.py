@@ -1,8 +1,10 @@
 """Safe persistence of named host arrays as ``.npz`` files.
 
 Files are written atomically (temporary file in the same folder, fsync,
-``os.replace``) and read with ``allow_pickle=False``.  Pickle files are
-recognised and refused; nothing here ever unpickles.
+``os.replace``). Loading follows the file's content, not its name: an ``.npz``
+is read with every header checked before any data (:mod:`xpconv._npz_reader`),
+and the book's parameter pickles are read by a restricted reader that never
+runs code (:mod:`xpconv._book_pickle`).
 
 File format: a plain uncompressed ``.npz`` (zip of ``.npy`` members, as
 ``numpy.savez`` writes), one member per array; string metadata is stored as
@@ -11,30 +13,29 @@ File format: a plain uncompressed ``.npz`` (zip of ``.npy`` members, as
 
 from __future__ import annotations
 
+import math
 import os
-import tempfile
+import warnings
 import zipfile
-import zlib
 from collections.abc import Mapping
-from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_arrays", "load_arrays", "META_PREFIX"]
+from ._atomic import atomic_write
+from ._book_pickle import PICKLE_PROTOCOLS, read_book_pickle
+from ._npz_reader import NpzReader
+
+__all__ = ["save_arrays", "load_arrays", "open_npz", "max_load_bytes", "META_PREFIX",
+           "DEFAULT_MAX_LOAD_BYTES", "MAX_LOAD_ENV"]
 
 META_PREFIX = "__meta__."
+#: Default cap on the array data one load reads (``max_bytes=None``).
+DEFAULT_MAX_LOAD_BYTES = 4 << 30
+#: Environment variable (MiB) that overrides :data:`DEFAULT_MAX_LOAD_BYTES`.
+MAX_LOAD_ENV = "XPCONV_MAX_LOAD_MB"
 
 _ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")  # local file header; empty archive
-_PICKLE_SUFFIXES = (".pkl", ".pickle")
 _NUMERIC_KINDS = "biufc"
-
-
-def _pickle_refusal(who: str, path: str) -> ValueError:
-    return ValueError(
-        f"{who}: {path}: this is a pickle file; pickle files are never unpickled by xpconv "
-        "because unpickling can run arbitrary code. If you trust the file, load it yourself "
-        "with pickle in a trusted context and save the arrays with save_params (an .npz)."
-    )
 
 
 def _as_host_array(name: str, value) -> np.ndarray:
@@ -67,31 +68,26 @@ def save_arrays(
 ) -> None:
     """Write named arrays (and string metadata) to an ``.npz`` file atomically.
 
-    The archive is written to a temporary file in the destination folder,
-    flushed and fsync'ed, then moved onto ``path`` with ``os.replace``; an
-    error mid-write leaves any existing ``path`` untouched and removes the
-    temporary file.  ``path`` is used exactly as given (no ``.npz`` is
-    appended).
+    The archive is written to a temporary file ``.{name}.xpconv-tmp-*`` in the
+    destination folder, fsync'ed, then renamed onto ``path``: an error, Ctrl-C or
+    SIGTERM mid-write leaves any existing ``path`` untouched and removes the
+    temporary file, and temporary files that a killed earlier save to the same
+    path left behind are removed. A symlink is written through (its target is
+    replaced). ``path`` is used exactly as given (no ``.npz`` is appended).
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Destination file.
-    arrays : Mapping[str, numpy.ndarray]
-        Name -> numeric host array (bool, integer, floating or complex).
-        Names must be non-empty and must not start with ``"__meta__."``.
-    metadata : Mapping[str, str], optional
-        Name -> string, e.g. ``{"format": "xpconv-params", "version": "1"}``;
-        stored as 0-d unicode arrays named ``"__meta__." + name``.
+    Args:
+        path: destination file.
+        arrays: name -> numeric host array (bool, integer, floating or complex).
+            Names must be non-empty and must not start with ``"__meta__."``.
+        metadata: name -> string, e.g. ``{"format": "xpconv-params", "version": "1"}``;
+            stored as 0-d unicode arrays named ``"__meta__." + name``.
 
-    Raises
-    ------
-    ValueError
-        Reserved or empty names.
-    TypeError
-        Non-string names or metadata values; object or other non-numeric arrays.
+    Raises:
+        ValueError: reserved or empty names.
+        TypeError: non-string names or metadata values; object or other
+            non-numeric arrays.
     """
-    path = Path(os.fspath(path))
+    path = os.fspath(path)
     payload: dict[str, np.ndarray] = {}
     for name, value in arrays.items():
         if not isinstance(name, str) or not name:
@@ -110,43 +106,162 @@ def save_arrays(
             )
         payload[META_PREFIX + key] = np.array(text, dtype=np.str_)
 
-    directory = path.parent
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                for name, arr in payload.items():
-                    _write_member(archive, name, arr)
-            f.flush()
-            os.fsync(f.fileno())
-        try:  # mkstemp makes 0600 files; keep an existing file's mode, else 0644
-            os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
+    with atomic_write(path) as f:
+        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+            for name, arr in payload.items():
+                _write_member(archive, name, arr)
+
+
+def max_load_bytes(max_bytes: int | None = None, *, who: str = "load_arrays") -> int:
+    """The cap on array data one load may read: ``max_bytes``, else ``XPCONV_MAX_LOAD_MB``, else 4 GiB.
+
+    Args:
+        max_bytes: a positive int, or None for the default.
+        who: prefix of error messages.
+
+    Raises:
+        ValueError: ``max_bytes`` or ``XPCONV_MAX_LOAD_MB`` is not a positive number.
+        TypeError: ``max_bytes`` is not an int.
+    """
+    if max_bytes is None:
+        text = os.environ.get(MAX_LOAD_ENV)
+        if not text:
+            return DEFAULT_MAX_LOAD_BYTES
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(directory)
+            mb = float(text)
+        except ValueError:
+            mb = float("nan")
+        if not (math.isfinite(mb) and mb > 0):
+            raise ValueError(f"{who}: expected {MAX_LOAD_ENV} to be a positive number of MiB; got {text!r}")
+        return int(mb * 2**20)
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)):
+        raise TypeError(f"{who}: expected max_bytes to be an int (bytes) or None; got {type(max_bytes).__name__}")
+    if max_bytes <= 0:
+        raise ValueError(f"{who}: expected max_bytes > 0; got {max_bytes}")
+    return int(max_bytes)
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Best effort: make the rename durable (POSIX only)."""
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(directory if str(directory) else ".", os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _file_kind(path: str, who: str) -> str:
+    """"npz" or "pickle", from the file's first bytes (never from its name)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head in _ZIP_MAGICS:
+        return "npz"
+    if head[:1] == b"\x80" and len(head) > 1 and head[1] in PICKLE_PROTOCOLS:
+        return "pickle"
+    raise ValueError(
+        f"{who}: {path}: expected an .npz archive (first bytes 'PK') or a pickle of the book's "
+        f"parameters (first byte 0x80); got first bytes {head!r}"
+    )
+
+
+def open_npz(path: str | os.PathLike, *, who: str, max_bytes: int | None = None) -> NpzReader:
+    """Open an ``.npz`` for checked, bounded reading; a pickle is refused, never unpickled.
+
+    Args:
+        path: the archive (any name: its first bytes decide).
+        who: prefix of error messages.
+        max_bytes: cap on the array data read through it (see :func:`max_load_bytes`).
+
+    Returns:
+        An :class:`xpconv._npz_reader.NpzReader` (a context manager): ``names``,
+        ``header(name)`` (shape and dtype, without reading data), ``read(name)``.
+    """
+    path = os.fspath(path)
+    budget = max_load_bytes(max_bytes, who=who)
+    if _file_kind(path, who) == "pickle":
+        raise ValueError(
+            f"{who}: {path}: this is a pickle file; it reads only .npz archives (pickles are never "
+            "unpickled here; xpconv's load_params reads the book's parameter pickles safely)"
+        )
+    return NpzReader(path, who=who, max_bytes=budget)
+
+
+def load_arrays(
+    path: str | os.PathLike,
+    *,
+    expected: Mapping[str, tuple] | None = None,
+    who: str = "load_params",
+    max_bytes: int | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Read named arrays from an ``.npz`` or from the book's parameter pickle, safely.
+
+    The file's first bytes decide how it is read, whatever its name:
+
+    * an ``.npz`` (zip; :func:`save_arrays`, ``numpy.savez``): every member's name,
+      dtype and shape are checked from the headers before any data is read
+      (object arrays refused, total data bounded by ``max_bytes``);
+    * a pickle (first byte ``0x80``): read by the restricted reader of
+      :mod:`xpconv._book_pickle`, which admits only a dict of str names to
+      float16/32/64 NumPy arrays and never runs code.
+
+    Arrays with NaN or Inf values load with a ``RuntimeWarning`` naming them.
+
+    Args:
+        path: the file.
+        expected: name -> expected shape (a tuple of ints; ``()`` for a scalar),
+            or name -> tuple of allowed shapes. When given, the file must hold
+            exactly these names with these shapes, each floating point; for an
+            ``.npz`` this is checked before any data is read.
+        who: prefix of error messages, e.g. the public function calling this.
+        max_bytes: cap on the array data read (default: ``XPCONV_MAX_LOAD_MB``
+            MiB if set, else 4 GiB).
+
+    Returns:
+        ``(arrays, metadata)``: name -> host array in file order (metadata
+        members excluded), and the metadata with the ``"__meta__."`` prefix removed.
+
+    Raises:
+        ValueError: neither an ``.npz`` nor a pickle; corrupt or truncated file;
+            object arrays; a refused pickle; more data than ``max_bytes``; bad
+            metadata members; with ``expected``: missing names, unexpected names
+            and shape mismatches, all reported in one message.
+        TypeError: non-numeric arrays; with ``expected``: non-floating arrays.
+    """
+    path = os.fspath(path)
+    budget = max_load_bytes(max_bytes, who=who)
+    expected = None if expected is None else _normalize_expected(expected)
+    if _file_kind(path, who) == "pickle":
+        arrays = read_book_pickle(path, who=who, max_bytes=budget)
+        metadata = {}
+        if expected is not None:
+            _check_expected({k: (a.shape, a.dtype) for k, a in arrays.items()}, expected, path, who)
+    else:
+        with NpzReader(path, who=who, max_bytes=budget) as npz:
+            headers = {name: npz.header(name) for name in npz.names}
+            for name, h in headers.items():
+                _check_member_kind(name, h, path, who)
+            if expected is not None:
+                _check_expected({k: (h.shape, h.dtype) for k, h in headers.items()
+                                 if not k.startswith(META_PREFIX)}, expected, path, who)
+            npz.check_budget(npz.names)
+            arrays, metadata = {}, {}
+            for name in npz.names:
+                if name.startswith(META_PREFIX):
+                    metadata[name[len(META_PREFIX):]] = str(npz.read(name)[()])
+                else:
+                    arrays[name] = npz.read(name)
+    warn_non_finite(arrays, who=who, path=path)
+    return arrays, metadata
+
+
+def warn_non_finite(arrays: Mapping[str, np.ndarray], *, who: str, path: str) -> None:
+    """Warn (``RuntimeWarning``) naming the floating arrays that hold NaN or Inf."""
+    bad = [name for name, a in arrays.items() if a.dtype.kind in "fc" and not np.isfinite(a).all()]
+    if bad:
+        warnings.warn(f"{who}: {path}: non-finite values (NaN or Inf) in {', '.join(bad)}",
+                      RuntimeWarning, stacklevel=3)
+
+
+def _check_member_kind(name: str, header, path: str, who: str) -> None:
+    if name.startswith(META_PREFIX):
+        if header.shape != () or header.dtype.kind != "U":
+            raise ValueError(
+                f"{who}: {path}: metadata member {name!r}: expected a 0-d unicode array; "
+                f"got {header.dtype} with shape {header.shape}"
+            )
+    elif header.dtype.kind not in _NUMERIC_KINDS:
+        raise TypeError(f"{who}: {path}: array {name!r}: expected a numeric dtype; got {header.dtype}")
 
 
 def _normalize_expected(expected: Mapping) -> dict[str, tuple[tuple[int, ...], ...]]:
@@ -161,125 +276,27 @@ def _normalize_expected(expected: Mapping) -> dict[str, tuple[tuple[int, ...], .
     return out
 
 
-def _open_npz(path: str, who: str):
-    """Check the file's first bytes, then open it with np.load(allow_pickle=False)."""
-    if path.lower().endswith(_PICKLE_SUFFIXES):
-        raise _pickle_refusal(who, path)
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head[:1] == b"\x80":  # pickle protocol 2+ opcode
-        raise _pickle_refusal(who, path)
-    if head not in _ZIP_MAGICS:
-        raise ValueError(
-            f"{who}: {path}: expected an .npz (zip) archive starting with 'PK'; "
-            f"got first bytes {head!r}"
-        )
-    try:
-        return np.load(path, allow_pickle=False)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
-        raise ValueError(f"{who}: {path}: not a readable .npz archive (corrupt or truncated): {exc}") from exc
-
-
-def _read_member(npz, key: str, path: str, who: str) -> np.ndarray:
-    try:
-        arr = npz[key]
-    except ValueError as exc:
-        if "pickle" in str(exc).lower() or "object arrays" in str(exc).lower():
-            raise ValueError(
-                f"{who}: {path}: array {key!r} holds pickled Python objects; it will not be "
-                "loaded (files are read with allow_pickle=False)"
-            ) from exc
-        raise ValueError(f"{who}: {path}: array {key!r} is corrupt: {exc}") from exc
-    except (zipfile.BadZipFile, EOFError, OSError, zlib.error) as exc:
-        raise ValueError(f"{who}: {path}: array {key!r} is corrupt or truncated: {exc}") from exc
-    if not isinstance(arr, np.ndarray):
-        raise ValueError(f"{who}: {path}: member {key!r} is not a .npy array")
-    return arr
-
-
-def load_arrays(
-    path: str | os.PathLike,
-    *,
-    expected: Mapping[str, tuple] | None = None,
-    who: str = "load_params",
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Read an ``.npz`` written by :func:`save_arrays` (or ``numpy.savez``) safely.
-
-    Never unpickles: ``.pkl``/``.pickle`` names and files whose first byte is
-    the pickle protocol opcode ``0x80`` are refused, anything that is not a
-    zip archive is refused, and the archive is read with
-    ``allow_pickle=False`` (object arrays are refused).
-
-    Parameters
-    ----------
-    path : str or os.PathLike
-        The ``.npz`` file.
-    expected : Mapping[str, tuple], optional
-        Name -> expected shape (a tuple of ints; ``()`` for a scalar), or
-        name -> tuple of allowed shapes.  When given, the file must hold
-        exactly these names with these shapes, and each must be floating point.
-    who : str
-        Prefix of error messages, e.g. the public function calling this.
-
-    Returns
-    -------
-    arrays : dict[str, numpy.ndarray]
-        Name -> host array, in file order; metadata members excluded.
-    metadata : dict[str, str]
-        Metadata with the ``"__meta__."`` prefix removed.
-
-    Raises
-    ------
-    ValueError
-        Pickle file; not a zip; corrupt or truncated archive; object arrays;
-        bad metadata members; with ``expected``: missing names, unexpected
-        names and shape mismatches, all reported in one message.
-    TypeError
-        Non-numeric arrays; with ``expected``: non-floating arrays.
-    """
-    path = os.fspath(path)
-    arrays: dict[str, np.ndarray] = {}
-    metadata: dict[str, str] = {}
-    with _open_npz(path, who) as npz:
-        for key in npz.files:
-            arr = _read_member(npz, key, path, who)
-            if key.startswith(META_PREFIX):
-                if arr.ndim != 0 or arr.dtype.kind != "U":
-                    raise ValueError(
-                        f"{who}: {path}: metadata member {key!r}: expected a 0-d unicode array; "
-                        f"got {arr.dtype} with shape {arr.shape}"
-                    )
-                metadata[key[len(META_PREFIX):]] = str(arr[()])
-                continue
-            if arr.dtype.kind not in _NUMERIC_KINDS:
-                raise TypeError(f"{who}: {path}: array {key!r}: expected a numeric dtype; got {arr.dtype}")
-            arrays[key] = arr
-
-    if expected is not None:
-        _check_expected(arrays, _normalize_expected(expected), path, who)
-    return arrays, metadata
-
-
-def _check_expected(arrays, expected, path, who):
+def _check_expected(found, expected, path, who):
+    """``found``: name -> (shape, dtype), from headers or arrays."""
     def fmt(shapes):
         return " or ".join(str(s) for s in shapes)
 
     problems = []
-    missing = [name for name in expected if name not in arrays]
-    unexpected = [name for name in arrays if name not in expected]
+    missing = [name for name in expected if name not in found]
+    unexpected = [name for name in found if name not in expected]
     if missing:
         problems.append("missing: " + ", ".join(missing))
     if unexpected:
         problems.append("unexpected: " + ", ".join(unexpected))
     mismatched = [
-        f"{name} expected {fmt(shapes)}, got {arrays[name].shape}"
+        f"{name} expected {fmt(shapes)}, got {found[name][0]}"
         for name, shapes in expected.items()
-        if name in arrays and arrays[name].shape not in shapes
+        if name in found and found[name][0] not in shapes
     ]
     if mismatched:
         problems.append("shape mismatch: " + "; ".join(mismatched))
     if problems:
         raise ValueError(f"{who}: {path}: arrays do not match the model: " + " | ".join(problems))
-    not_float = [f"{name} is {arrays[name].dtype}" for name in expected if arrays[name].dtype.kind != "f"]
+    not_float = [f"{name} is {found[name][1]}" for name in expected if found[name][1].kind != "f"]
     if not_float:
         raise TypeError(f"{who}: {path}: expected floating-point parameters; got " + ", ".join(not_float))

@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+import importlib.util
+import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -135,7 +138,8 @@ def fetch(
     timeout : float
         Seconds before a connection or read is abandoned.
     progressbar : bool
-        Show a tqdm progress bar while downloading.
+        Show a tqdm progress bar (named after the file) while downloading.
+        pooch's "Downloading data from ..." log lines are silenced either way.
 
     Returns
     -------
@@ -145,7 +149,8 @@ def fetch(
     Raises
     ------
     DatasetUnavailableError
-        If no URL gave a file that passes verification.
+        If no URL gave a file that passes verification. The first line of the
+        message is a one-line summary; the next lines give each URL's error.
     """
     import pooch
 
@@ -157,31 +162,68 @@ def fetch(
         _remove(target)  # damaged or stale: fetch it again
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    last_error: BaseException | None = None
-    for url in urls:
-        try:
-            downloader = pooch.HTTPDownloader(progressbar=progressbar, timeout=timeout)
-            pooch.retrieve(
-                url,
-                known_hash=f"sha256:{sha256}",
-                fname=filename,
-                path=cache_dir,
-                downloader=downloader,
-                progressbar=progressbar,
-            )
-            problem = _verify(target, sha256, size)
-            if problem is not None:
-                raise ValueError(f"{target}: {problem}")
-            return target
-        except Exception as exc:  # network errors, HTTP errors, hash mismatch
-            last_error = exc
-            if target.exists() and _verify(target, sha256, size) is not None:
-                _remove(target)
+    errors: list[str] = []
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)   # no "Downloading data from ..." line per mirror tried
+    try:
+        for url in urls:
+            try:
+                bar = _LazyBar(filename) if progressbar and _have_tqdm() else False
+                downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout)
+                pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=filename, path=cache_dir,
+                               downloader=downloader)
+                problem = _verify(target, sha256, size)
+                if problem is not None:
+                    raise ValueError(f"{target}: {problem}")
+                return target
+            except Exception as exc:  # network errors, HTTP errors, hash mismatch
+                errors.append(f"{url}: {type(exc).__name__}: {exc}")
+                if target.exists() and _verify(target, sha256, size) is not None:
+                    _remove(target)
+    finally:
+        logger.setLevel(level)
+    kinds = ", ".join(dict.fromkeys(e.split(": ")[1] for e in errors)) or "no URLs given"
+    mirrors = f"{len(urls)} mirror{'s' if len(urls) != 1 else ''}"
     raise DatasetUnavailableError(
-        f"fetch: could not get {filename!r} into {cache_dir}: tried "
-        f"{', '.join(urls) if urls else 'no URLs'}; last error: "
-        f"{type(last_error).__name__}: {last_error}. {_OFFLINE_HINT}."
+        f"fetch: could not get {filename!r} from any of {mirrors}: {kinds}\n"
+        + "".join(f"  tried {e}\n" for e in errors)
+        + f"  cache folder: {cache_dir}\n  {_OFFLINE_HINT}."
     )
+
+
+def _have_tqdm() -> bool:
+    return importlib.util.find_spec("tqdm") is not None
+
+
+class _LazyBar:
+    """A tqdm bar named after the file, created only when the download starts.
+
+    pooch sets ``total`` once the server has answered, then calls ``update``,
+    ``reset`` and ``close``; so nothing is drawn for a mirror that cannot be reached.
+    """
+
+    def __init__(self, desc: str):
+        self.desc, self._bar = desc, None
+
+    @property
+    def total(self):
+        return None if self._bar is None else self._bar.total
+
+    @total.setter
+    def total(self, total):
+        from tqdm.auto import tqdm
+        self._bar = tqdm(total=total or None, desc=self.desc, unit="B", unit_scale=True, leave=True,
+                         file=sys.stderr)
+
+    def update(self, n):
+        self._bar.update(n)
+
+    def reset(self):
+        self._bar.reset()
+
+    def close(self):
+        self._bar.close()
 
 
 def _to_book_format(images, labels, normalize, flatten, one_hot_label, source):
@@ -205,7 +247,7 @@ def _to_book_format(images, labels, normalize, flatten, one_hot_label, source):
     return x, t
 
 
-def load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=None, *, progressbar=False):
+def load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=None, *, progressbar=None):
     """Load the full MNIST set (60,000 train / 10,000 test), downloading it once.
 
     Parameters
@@ -218,8 +260,9 @@ def load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=None,
         If True, t is one-hot float32 (N, 10); else int64 (N,).
     data_dir : str or os.PathLike, optional
         Cache folder; default ``$XPCONV_DATA`` or ``pooch.os_cache("xpconv")``.
-    progressbar : bool
-        Show download progress.
+    progressbar : bool or None
+        Show a progress bar per downloaded file; None (default): only when
+        stderr is a terminal.
 
     Returns
     -------
@@ -231,6 +274,8 @@ def load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=None,
         If a file cannot be downloaded and verified from any mirror.
     """
     cache_dir = default_cache_dir(data_dir)
+    if progressbar is None:
+        progressbar = sys.stderr is not None and sys.stderr.isatty()
     arrays = {}
     for name, (size, sha256) in MNIST_FILES.items():
         path = fetch(name, sha256, size, [base + name for base in MIRRORS], cache_dir, progressbar=progressbar)

@@ -12,7 +12,7 @@ __all__ = ["load_dataset", "DATASET_NAMES"]
 DATASET_NAMES = ("mnist", "mnist-bundled", "<path>.npz")
 
 
-def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None):
+def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None, progressbar=None):
     """Load a data set by name, normalized to float32.
 
     Parameters
@@ -27,6 +27,8 @@ def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None):
         If True, t is one-hot float32 (N, K); else int64 (N,).
     data_dir : str or os.PathLike, optional
         Download cache for ``"mnist"``; ignored otherwise.
+    progressbar : bool or None
+        Download progress bars for ``"mnist"`` (see :func:`load_mnist`).
 
     Returns
     -------
@@ -41,7 +43,8 @@ def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None):
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if name == "mnist":
-        return load_mnist(normalize=True, flatten=flatten, one_hot_label=one_hot_label, data_dir=data_dir)
+        return load_mnist(normalize=True, flatten=flatten, one_hot_label=one_hot_label, data_dir=data_dir,
+                          progressbar=progressbar)
     if name == "mnist-bundled":
         return load_bundled_mnist(normalize=True, flatten=flatten, one_hot_label=one_hot_label)
     if isinstance(name, str) and name.lower().endswith(".npz"):

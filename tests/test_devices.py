@@ -243,7 +243,8 @@ def _code_text(path: pathlib.Path) -> str:
     return " ".join(t.string for t in tokens if t.type not in (tokenize.COMMENT, tokenize.STRING))
 
 
-OP_MODULES = ["xpconv/functional.py", "xpconv/_windows.py", "xpconv/_geometry.py"]
+OP_MODULES = ["xpconv/functional.py", "xpconv/_conv.py", "xpconv/_pool.py", "xpconv/_windows.py",
+              "xpconv/_geometry.py", "xpconv/workspace.py"]
 
 
 @pytest.mark.parametrize("path", OP_MODULES + sorted(str(p.relative_to(ROOT))

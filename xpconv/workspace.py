@@ -14,6 +14,9 @@ from __future__ import annotations
 import contextlib
 import os
 
+import array_api_extra as xpx
+from array_api_compat import array_namespace
+
 _DEFAULT_BYTES = 8 * 2**20
 _limit = int(float(os.environ.get("XPCONV_WORKSPACE_MB", _DEFAULT_BYTES / 2**20)) * 2**20)
 
@@ -49,3 +52,13 @@ def batch_chunks(n: int, bytes_per_sample: int) -> list[tuple[int, int]]:
     """
     per_chunk = max(1, _limit // max(bytes_per_sample, 1))
     return [(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)] or [(0, 0)]
+
+
+def itemsize(x) -> int:
+    """Bytes per element of the floating array ``x``."""
+    return array_namespace(x).finfo(x.dtype).bits // 8
+
+
+def set_rows(out, n0: int, n1: int, part):
+    """``out[n0:n1] = part`` (one chunk of the batch), in place where the library allows it."""
+    return xpx.at(out)[n0:n1, ...].set(part)

@@ -49,15 +49,18 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
     FN = w.shape[0]
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)                                    # (G, FN/G, C/G*K)
-    chunks = batch_chunks(N, C * geom.taps * OH * OW * itemsize(x))
+    chunks = batch_chunks(N, _sample_scratch(x, w, geom, groups), x)
     y = None if len(chunks) == 1 else xp.empty((N, FN, OH, OW), dtype=x.dtype, device=device(x))
     for n0, n1 in chunks:
         cols = _columns(x[n0:n1, ...], geom, groups)                    # (n, G, C/G*K, P)
         part = xp.reshape(wmat @ cols, (n1 - n0, FN, OH, OW))           # (n, G, FN/G, P) -> (n, FN, OH, OW)
         if b is not None:
             part += xp.reshape(b, (1, FN, 1, 1))
-        y = part if len(chunks) == 1 else set_rows(y, n0, n1, part)
-    return y, (cols if keep_cols and len(chunks) == 1 else None)
+        if len(chunks) == 1:
+            return part, (cols if keep_cols else None)
+        y = set_rows(y, n0, n1, part)
+        del cols, part  # this chunk's scratch goes before the next chunk's is built
+    return y, None
 
 
 def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_grad: bool = True,
@@ -68,6 +71,8 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
 
         dw   += sum_n dy_n @ cols_n.T        (G, FN/G, P) @ (P, C/G*K)
         dcols = w.T @ dy_n                   (C/G*K, FN/G) @ (FN/G, P), then fold -> dx
+
+    The columns of a chunk are dropped before its input-gradient columns are built.
     """
     xp = array_namespace(x)
     N, C, H, W = x.shape
@@ -77,7 +82,7 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
     wmat = _filter_matrix(w, groups)
     db = xp.sum(dy, axis=(0, 2, 3))
     dw = xp.zeros(wmat.shape, dtype=x.dtype, device=device(x))
-    chunks = batch_chunks(N, C * geom.taps * OH * OW * itemsize(x))
+    chunks = batch_chunks(N, _sample_scratch(x, w, geom, groups), x)
     dx = None
     if input_grad and len(chunks) > 1:
         dx = xp.empty(x.shape, dtype=x.dtype, device=device(x))
@@ -87,11 +92,31 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
         c = cols if cols is not None and len(chunks) == 1 else _columns(x[n0:n1, ...], geom, groups)
         g = xp.reshape(dy[n0:n1, ...], (n, G, FN // G, OH * OW))        # (n, G, FN/G, P)
         dw += xp.sum(g @ xp.matrix_transpose(c), axis=0)
+        del c
         if input_grad:
             dcols = xp.reshape(xp.matrix_transpose(wmat) @ g, (n, C, geom.taps, OH, OW))
             part = _windows.fold((dcols[:, :, k, ...] for k in range(geom.taps)), geom, x, (n, C, H, W))
+            del dcols
             dx = part if len(chunks) == 1 else set_rows(dx, n0, n1, part)
+            del part
     return dx, xp.reshape(dw, w.shape), db
+
+
+def _sample_scratch(x, w, geom: Window2d, groups: int) -> int:
+    """Bytes of the largest temporary per sample: the batch is chunked so that each
+    temporary of a chunk stays under the workspace limit (at most two are alive at once).
+
+    Temporaries per sample: the columns and the input-gradient columns (C*K*P), the
+    padded input (C*Hp*Wp), one chunk's output (FN*P) or input gradient (C*H*W), and the
+    per-sample filter gradients summed into dw (FN*C/G*K).
+    """
+    N, C, H, W = x.shape
+    FN = w.shape[0]
+    (pt, pb), (pl, pr) = geom.pads
+    P = geom.h.out * geom.w.out
+    largest = max(C * geom.taps * P, C * (H + pt + pb) * (W + pl + pr), FN * P, C * H * W,
+                  FN * (C // groups) * geom.taps)
+    return largest * itemsize(x)
 
 
 def _columns(x, geom: Window2d, groups: int):

@@ -228,7 +228,7 @@ def keep_where(keep, x):
         numpy.bitwise_and(bits, x.view(ints), out=bits)
         return bits.view(x.dtype)
     xp = array_api_compat.array_namespace(x)
-    return xp.where(keep, x, xp.zeros((), dtype=x.dtype, device=array_api_compat.device(x)))
+    return xp.where(keep, x, 0.0)
 
 
 # ----------------------------------------------------------------------------- backends

@@ -133,7 +133,7 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, pad=0, rounding="exact"
     geom = _pool_geometry("max_pool2d_backward", x, kernel_size, stride, pad, rounding)
     check_grad("max_pool2d_backward", "dy", dy, x, "x", (*x.shape[:2], *geom.out_hw))
     with device_scope(x):
-        return _pool.max_pool2d_backward_unchecked(dy, x, _pool.max_pool2d_unchecked(x, geom), geom)
+        return _pool.max_pool2d_backward_unchecked(dy, x, None, geom)   # y recomputed per chunk
 
 
 def avg_pool2d(x, kernel_size, stride=None, pad=0, rounding="exact", count_include_pad=True):

@@ -299,7 +299,7 @@ def test_every_cpu_device_is_not_a_gpu_and_gets_the_cpu_workspace():
         assert workspace.default_limit(dev) == devices.CPU_WORKSPACE == 8 * 2**20
         a = dev.zeros((2, 3))
         assert devices.default_workspace(a) == devices.CPU_WORKSPACE
-        assert xpconv.device_of(a).spec == dev.spec
+        assert devices.device_of(a).spec == dev.spec
         with devices.device_scope(a):
             np.testing.assert_array_equal(xpconv.to_numpy(devices.from_host(np.ones(2), a)), np.ones(2))
         dev.synchronize(a)

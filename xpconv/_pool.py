@@ -13,14 +13,16 @@ Two ways to pool, chosen per library (``devices.prefers_fewer_ops``):
 
 * per tap (NumPy; and any library when the windows overlap or are padded): many cheap
   ops on strided slices, separable for the max (columns, then rows);
-* tiled (the other libraries, when the windows tile the input: ``Window2d.tiles``): the
-  input viewed as (N, C, OH, kh, OW, kw) and reduced over the window axes, a handful of
-  ops in all: a GPU's kernel launches, not its arithmetic, bound these small layers.
+* blocks (the other libraries, when the windows are disjoint blocks: ``Window2d.blocks``,
+  e.g. 2x2 stride 2): the input viewed as (N, C, OH, kh, OW, kw) and reduced over the
+  window axes, a handful of ops in all: a GPU's kernel launches, not its arithmetic,
+  bound these small layers.
 
 No op reads a device value on the host (no sync), whatever the input holds.
 """
 from __future__ import annotations
 
+import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from . import _windows
@@ -36,8 +38,8 @@ _BOOL_BYTES = 1
 def max_pool2d_unchecked(x, geom: Window2d):
     """Max over each window (padding is -inf; NaN propagates)."""
     N, C = x.shape[:2]
-    if geom.tiles and prefers_fewer_ops(x):
-        return _max_pool2d_tiled(x, geom)
+    if geom.blocks and prefers_fewer_ops(x):
+        return _max_pool2d_blocks(x, geom)
     (Hp, Wp), (OH, OW) = _padded_hw(geom), geom.out_hw
     # alive at once: the padded input, then two running maxima of the column pass (Hp, OW),
     # or the column result and two running maxima of the row pass (OH, OW)
@@ -63,8 +65,8 @@ def _max_pool2d_separable(x, geom: Window2d):
     return xp.asarray(y, copy=True) if geom.taps == 1 else y
 
 
-def _max_pool2d_tiled(x, geom: Window2d):
-    """Tiling windows: one reduction over the window axes of (N, C, OH, kh, OW, kw)."""
+def _max_pool2d_blocks(x, geom: Window2d):
+    """Disjoint windows: one reduction over the window axes of (N, C, OH, kh, OW, kw)."""
     xp = array_namespace(x)
     return xp.max(_window_view(x, geom), axis=(3, 5))
 
@@ -79,10 +81,11 @@ def max_pool2d_backward_unchecked(dy, x, y, geom: Window2d):
     N, C, H, W = x.shape
     (Hp, Wp), (OH, OW) = _padded_hw(geom), geom.out_hw
     size = itemsize(x)
-    if geom.tiles and prefers_fewer_ops(x):
-        kernel = _max_pool2d_backward_tiled
-        # at most: hit (bool) and two scores, input-sized
-        scratch = C * H * W * (_BOOL_BYTES + 2 * _score_bytes(geom.taps))
+    if geom.blocks and prefers_fewer_ops(x):
+        kernel = _max_pool2d_backward_blocks
+        # at most: hit (bool) and two scores, input-sized; a cropped copy and the cropped dx
+        # when rows or columns are left over
+        scratch = C * H * W * (_BOOL_BYTES + 2 * _score_bytes(geom.taps) + (0 if geom.tiles else 2 * size))
     else:
         kernel = _max_pool2d_backward_taps
         # the padded input, dx of the chunk, a piece and its add; per tap a NaN mask, and
@@ -136,8 +139,8 @@ def _last_nan_masks(taps):
     return masks
 
 
-def _max_pool2d_backward_tiled(dy, x, y, geom: Window2d):
-    """Tiling windows, branch-free: each position gets a score, the window's best takes dy.
+def _max_pool2d_backward_blocks(dy, x, y, geom: Window2d):
+    """Disjoint windows, branch-free: each position gets a score, the window's best takes dy.
 
     With k = i*kw + j the tap's row-major index within its window::
 
@@ -145,6 +148,8 @@ def _max_pool2d_backward_tiled(dy, x, y, geom: Window2d):
                   k + 1   where x is NaN (only in windows whose y is NaN: the last wins)
                 -(K + 1)  elsewhere (never the best: every window has a maximum or a NaN)
         dx = where(score == max(score over the window), dy, 0)
+
+    Rows and columns past the last window (rounding="floor") get 0.
     """
     xp = array_namespace(x)
     kh, kw = geom.h.k, geom.w.k
@@ -155,7 +160,11 @@ def _max_pool2d_backward_tiled(dy, x, y, geom: Window2d):
     score = xp.where(xw == y6, -rank, xp.where(xp.isnan(xw), rank, -(geom.taps + 1)))
     best = score == xp.max(score, axis=(3, 5), keepdims=True)
     dx = xp.where(best, xp.reshape(dy, y6.shape), 0.0)
-    return xp.reshape(dx, x.shape)
+    n, C = x.shape[:2]
+    dx = xp.reshape(dx, (n, C, geom.h.out * kh, geom.w.out * kw))
+    if geom.tiles:
+        return dx
+    return xpx.pad(dx, ((0, 0), (0, 0), (0, geom.h.size - geom.h.out * kh), (0, geom.w.size - geom.w.out * kw)))
 
 
 def _score_bytes(taps: int) -> int:
@@ -164,10 +173,14 @@ def _score_bytes(taps: int) -> int:
 
 
 def _window_view(x, geom: Window2d):
-    """(n, C, H, W) -> (n, C, OH, kh, OW, kw), for windows that tile the input."""
+    """(n, C, H, W) -> (n, C, OH, kh, OW, kw), for disjoint windows (``Window2d.blocks``);
+    what lies past the last window is cropped (a copy then, where the library needs one)."""
     xp = array_namespace(x)
     n, C = x.shape[:2]
-    return xp.reshape(x, (n, C, geom.h.out, geom.h.k, geom.w.out, geom.w.k))
+    (OH, kh), (OW, kw) = (geom.h.out, geom.h.k), (geom.w.out, geom.w.k)
+    if not geom.tiles:
+        x = x[:, :, :OH * kh, :OW * kw]
+    return xp.reshape(x, (n, C, OH, kh, OW, kw))
 
 
 # ============================================================================ average

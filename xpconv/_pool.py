@@ -5,9 +5,10 @@ Nothing here validates its arguments: the ``*_unchecked`` names say so. Callers 
 ``device_scope(x)``, and get arrays of the input's dtype on the input's device.
 
 Shapes: x (N, C, H, W) -> y (N, C, OH, OW); K = kh*kw taps per window, Hp, Wp the
-padded input's size. Every op goes through the batch in chunks whose scratch stays under
-the workspace limit (``workspace.map_batch``); the per-sample scratch is counted below,
-next to each kernel.
+padded input's size. Every op goes through the batch in chunks (``workspace.map_batch``)
+so that the scratch alive at once stays under twice the workspace limit, the bound the
+README promises (a convolution's two temporaries of at most the limit each); what is
+alive at once per sample is counted next to each kernel.
 
 Two ways to pool, chosen per library (``devices.prefers_fewer_ops``):
 
@@ -18,7 +19,8 @@ Two ways to pool, chosen per library (``devices.prefers_fewer_ops``):
   window axes, a handful of ops in all: a GPU's kernel launches, not its arithmetic,
   bound these small layers.
 
-No op reads a device value on the host (no sync), whatever the input holds.
+Outside NumPy no op reads an array's value on the host (no device sync), whatever the
+input holds.
 """
 from __future__ import annotations
 
@@ -31,6 +33,11 @@ from .devices import keep_where, prefers_fewer_ops
 from .workspace import itemsize, map_batch
 
 _BOOL_BYTES = 1
+
+
+def _chunk_by(alive_per_sample: int) -> int:
+    """Bytes per sample to chunk by, so that what is alive at once is at most twice the limit."""
+    return max(1, alive_per_sample // 2)
 
 
 # ============================================================================ max
@@ -46,7 +53,7 @@ def max_pool2d_unchecked(x, geom: Window2d):
     cols_pass = min(2, geom.w.k - 1) * Hp * OW
     rows_pass = (Hp * OW if geom.w.k > 1 else 0) + min(2, geom.h.k - 1) * OH * OW
     scratch = C * ((Hp * Wp if geom.padded else 0) + max(cols_pass, rows_pass)) * itemsize(x)
-    return map_batch(lambda xc: _max_pool2d_separable(xc, geom), (x,), (N, C, OH, OW), scratch)
+    return map_batch(lambda xc: _max_pool2d_separable(xc, geom), (x,), (N, C, OH, OW), _chunk_by(scratch))
 
 
 def _max_pool2d_separable(x, geom: Window2d):
@@ -93,12 +100,12 @@ def max_pool2d_backward_unchecked(dy, x, y, geom: Window2d):
         scratch = (C * ((Hp * Wp if geom.padded else 0) + H * W + 2 * OH * OW) * size
                    + C * (geom.taps + 4) * OH * OW * _BOOL_BYTES)
     if y is not None:
-        return map_batch(lambda *a: kernel(*a, geom), (dy, x, y), x.shape, scratch)
+        return map_batch(lambda *a: kernel(*a, geom), (dy, x, y), x.shape, _chunk_by(scratch))
 
     def recomputed(dy, x):
         return kernel(dy, x, max_pool2d_unchecked(x, geom), geom)
 
-    return map_batch(recomputed, (dy, x), x.shape, scratch + C * OH * OW * size)
+    return map_batch(recomputed, (dy, x), x.shape, _chunk_by(scratch + C * OH * OW * size))
 
 
 def _max_pool2d_backward_taps(dy, x, y, geom: Window2d):
@@ -191,7 +198,7 @@ def avg_pool2d_unchecked(x, geom: Window2d, count_include_pad: bool):
     (Hp, Wp), (OH, OW) = _padded_hw(geom), geom.out_hw
     scratch = C * ((Hp * Wp if geom.padded else 0) + OH * OW) * itemsize(x)   # padded input, the sum
     return map_batch(lambda xc: _avg_pool2d_chunk(xc, geom, count_include_pad), (x,), (N, C, OH, OW),
-                     scratch)
+                     _chunk_by(scratch))
 
 
 def _avg_pool2d_chunk(x, geom: Window2d, count_include_pad: bool):
@@ -213,7 +220,7 @@ def avg_pool2d_backward_unchecked(dy, x, geom: Window2d, count_include_pad: bool
     OH, OW = geom.out_hw
     scratch = C * (H * W + 2 * OH * OW) * itemsize(x)       # dx of the chunk, the share, an add
     return map_batch(lambda d, xc: _avg_pool2d_backward_chunk(d, xc, geom, count_include_pad),
-                     (dy, x), x.shape, scratch)
+                     (dy, x), x.shape, _chunk_by(scratch))
 
 
 def _avg_pool2d_backward_chunk(dy, x, geom: Window2d, count_include_pad: bool):

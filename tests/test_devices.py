@@ -243,7 +243,8 @@ def _code_text(path: pathlib.Path) -> str:
     return " ".join(t.string for t in tokens if t.type not in (tokenize.COMMENT, tokenize.STRING))
 
 
-OP_MODULES = ["xpconv/functional.py", "xpconv/_windows.py", "xpconv/_geometry.py"]
+OP_MODULES = ["xpconv/functional.py", "xpconv/_conv.py", "xpconv/_pool.py", "xpconv/_windows.py",
+              "xpconv/_geometry.py", "xpconv/workspace.py"]
 
 
 @pytest.mark.parametrize("path", OP_MODULES + sorted(str(p.relative_to(ROOT))
@@ -283,3 +284,30 @@ def test_keep_where_fast_and_portable_paths_equal_where_bit_for_bit(dtype, mask_
     assert fast.dtype == x.dtype and fast.shape == expected.shape
     np.testing.assert_array_equal(fast.view(bits), expected.view(bits))
     np.testing.assert_array_equal(portable.view(bits), expected.view(bits))
+
+
+# ----------------------------------------------------------------------------- backends
+
+def test_every_cpu_device_is_not_a_gpu_and_gets_the_cpu_workspace():
+    from xpconv import workspace
+    for spec in xpconv.available_devices():
+        dev = xpconv.device(spec)
+        if spec.startswith("cuda") or ":cuda" in spec or ":gpu" in spec:
+            assert dev.is_gpu and workspace.default_limit(dev) == devices.GPU_WORKSPACE
+            continue
+        assert not dev.is_gpu, spec
+        assert workspace.default_limit(dev) == devices.CPU_WORKSPACE == 8 * 2**20
+        a = dev.zeros((2, 3))
+        assert devices.default_workspace(a) == devices.CPU_WORKSPACE
+        assert devices.device_of(a).spec == dev.spec
+        with devices.device_scope(a):
+            np.testing.assert_array_equal(xpconv.to_numpy(devices.from_host(np.ones(2), a)), np.ones(2))
+        dev.synchronize(a)
+
+
+def test_only_numpy_prefers_many_cheap_ops():
+    """NumPy keeps its fast paths (bit masks, separable pooling); every other library gets
+    the kernels with fewer, larger ops (a launch or a dispatch per op)."""
+    for spec in xpconv.available_devices():
+        dev = xpconv.device(spec)
+        assert devices.prefers_fewer_ops(dev.zeros((1,))) == (dev.library != "numpy"), spec

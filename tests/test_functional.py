@@ -744,3 +744,28 @@ def test_im2col_col2im_grads_numerical(spec):
     g = F.im2col(put(backend, x), 3, 2, **kw)
     close(g, numerical_grad(_scalar(backend, lambda a: F.col2im(a, x.shape, 3, 2, **kw), x), c),
           rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernel", [2, (2, 3), (3, 1)], ids=["2x2", "2x3", "3x1"])
+def test_max_pool_disjoint_windows_with_leftover_like_torch(backend, rng, kernel):
+    """stride = kernel with rounding="floor" leaving rows/columns over (7x9 input): the
+    block path on libraries other than NumPy; ties, NaN (several in a window), -inf."""
+    torch = torch_or_skip()
+    import torch.nn.functional as tF
+    hx = np.round(rng.standard_normal((2, 3, 7, 9)), 0)     # rounded: ties in many windows
+    hx[0, 0, 0, :2] = np.nan
+    hx[0, 0, 1, 0] = np.nan
+    hx[1, 2, 2:4, 3:6] = -np.inf
+    hx[0, 1, 6, :] = 100.0                                  # past the last window row (2x2, 3x1)
+    k = _pair(kernel)
+    dy = rng.standard_normal((2, 3, 7 // k[0], 9 // k[1]))
+    xt = torch.tensor(hx, requires_grad=True)
+    yt = tF.max_pool2d(xt, k)
+    yt.backward(torch.tensor(dy))
+    x = put(backend, hx)
+    y = F.max_pool2d(x, k, rounding="floor")
+    dx = F.max_pool2d_backward(put(backend, dy), x, k, rounding="floor")
+    assert_on(backend, y, dx)
+    close(y, yt.detach().numpy())
+    close(dx, xt.grad.numpy())
+    close(dx, max_pool2d_backward_naive(dy, hx, k))

@@ -87,11 +87,17 @@ class Window2d:
         return any(p for pair in self.pads for p in pair)
 
     @property
+    def blocks(self) -> bool:
+        """The windows are disjoint blocks side by side from the top-left corner: no
+        padding, no overlap, no gap (``s == k`` on both axes); rows and columns past the
+        last window (``size - out * k``, from rounding="floor") are left over."""
+        return not self.padded and all(a.s == a.k and (a.d == 1 or a.k == 1) for a in (self.h, self.w))
+
+    @property
     def tiles(self) -> bool:
         """The windows tile the input exactly: no padding, no overlap, no gap, nothing
         left over (``s == k`` and ``size == out * k`` on both axes)."""
-        return not self.padded and all(a.s == a.k and (a.d == 1 or a.k == 1) and a.size == a.out * a.k
-                                       for a in (self.h, self.w))
+        return self.blocks and all(a.size == a.out * a.k for a in (self.h, self.w))
 
 
 def window2d(who: str, in_hw, kernel, stride=1, pad=0, dilation=1, rounding="exact",

@@ -14,7 +14,9 @@ Spec strings::
                                 "jax", "jax:gpu:0", "array_api_strict",
                                 "array_api_strict:device1"
 
-Optional libraries are imported only when a spec asks for them.
+Optional libraries are imported only when a spec asks for them. What xpconv needs to
+know about each library (its devices, GPU or not, scope, synchronize, copy to the host)
+lives in one small ``_Backend`` class per library, at the end of this module.
 """
 from __future__ import annotations
 
@@ -29,9 +31,9 @@ import array_api_compat
 import numpy
 
 __all__ = ["Device", "device", "available_devices", "to_numpy", "device_scope", "from_host",
-           "device_of", "dtype_name", "is_host_numpy", "host_rng", "keep_where"]
+           "device_of", "dtype_name", "is_host_numpy", "host_rng", "keep_where",
+           "prefers_fewer_ops", "default_workspace", "CPU_WORKSPACE", "GPU_WORKSPACE"]
 
-_LIBRARIES = ("numpy", "cupy", "torch", "jax", "array_api_strict")
 _ALIASES = {"np": "numpy", "cp": "cupy", "pytorch": "torch", "jax.numpy": "jax",
             "strict": "array_api_strict", "array-api-strict": "array_api_strict"}
 
@@ -91,18 +93,16 @@ class Device:
 
     def scope(self):
         """Context in which new arrays of this namespace land on this device."""
-        return self.native if self.library == "cupy" else contextlib.nullcontext()
+        return _BACKENDS[self.library].scope(self.native)
 
     def synchronize(self, *arrays) -> None:
         """Wait until work queued on this device (and on ``arrays``) is done."""
-        if self.library == "cupy":
-            self.native.synchronize()
-        elif self.library == "torch" and self.native.type == "cuda":
-            sys.modules["torch"].cuda.synchronize(self.native)
-        for a in arrays:
-            block = getattr(a, "block_until_ready", None)
-            if block is not None:
-                block()
+        _BACKENDS[self.library].synchronize(self.native, arrays)
+
+    @property
+    def is_gpu(self) -> bool:
+        """True for a GPU device (CuPy, torch CUDA, JAX GPU)."""
+        return _BACKENDS[self.library].is_gpu(self.native)
 
 
 def device(spec: "str | Device" = "cpu") -> Device:
@@ -119,16 +119,14 @@ def device(spec: "str | Device" = "cpu") -> Device:
     if text == "auto":
         return device("cuda") if _cupy_gpu_count() > 0 else device("cpu")
     if text == "cpu":
-        return _numpy_device("cpu")
+        return _BACKENDS["numpy"].make("cpu", "cpu")
     if text == "gpu" or text == "cuda" or text.startswith("cuda:"):
-        return _cupy_device(spec, text.partition(":")[2])
+        return _BACKENDS["cupy"].make(spec, text.partition(":")[2])
     library, _, where = text.partition(":")
     library = _ALIASES.get(library.lower(), library.lower())
-    makers = {"numpy": _numpy_device, "cupy": lambda w: _cupy_device(spec, w),
-              "torch": _torch_device, "jax": _jax_device, "array_api_strict": _strict_device}
-    if library not in makers:
+    if library not in _BACKENDS:
         _unusable(spec, f"unknown library {library!r}")
-    return makers[library](where)
+    return _BACKENDS[library].make(spec, where)
 
 
 def available_devices() -> list[str]:
@@ -136,64 +134,31 @@ def available_devices() -> list[str]:
 
     Never raises: a library that is missing or cannot reach its device is left out.
     """
-    specs = ["cpu"]
-    specs += [f"cuda:{i}" for i in range(_cupy_gpu_count())]
-    if _importable("torch"):
-        specs.append("torch")
-        with contextlib.suppress(Exception):
-            torch = importlib.import_module("torch")
-            if torch.cuda.is_available():
-                specs += [f"torch:cuda:{i}" for i in range(torch.cuda.device_count())]
-    if _importable("jax"):
-        specs.append("jax")
-        with contextlib.suppress(Exception):
-            jax = importlib.import_module("jax")
-            specs += [f"jax:gpu:{i}" for i in range(len(jax.devices("gpu")))]
-    if _importable("array_api_strict"):
-        specs += ["array_api_strict", "array_api_strict:device1"]
-    return specs
+    return [spec for backend in _BACKENDS.values() for spec in backend.available()]
 
 
 def to_numpy(x) -> numpy.ndarray:
     """Copy any supported array (NumPy, CuPy, torch, JAX, array-api-strict) to host NumPy."""
-    if isinstance(x, numpy.ndarray) or numpy.isscalar(x):
+    if isinstance(x, numpy.ndarray) or numpy.isscalar(x) or not array_api_compat.is_array_api_obj(x):
         return numpy.asarray(x)
-    if array_api_compat.is_cupy_array(x):
-        return x.get()
-    if array_api_compat.is_torch_array(x):
-        return x.detach().cpu().numpy()
-    if array_api_compat.is_array_api_obj(x):
-        xp = array_api_compat.array_namespace(x)
-        if array_api_compat.is_array_api_strict_namespace(xp):
-            x = x.to_device(xp.Device("CPU_DEVICE"))
-        return numpy.asarray(x)
-    return numpy.asarray(x)
+    return _backend_of(x).to_numpy(x)
 
 
 def from_host(a: numpy.ndarray, like):
     """Put host array ``a`` on the namespace and device of array ``like``."""
     xp = array_api_compat.array_namespace(like)
-    dev = array_api_compat.device(like)
-    with device_scope(like):
-        if array_api_compat.is_cupy_array(like):
-            return xp.asarray(a)
-        return xp.asarray(a, device=dev)
+    native = array_api_compat.device(like)
+    backend = _backend_of(like)
+    with backend.scope(native):
+        return backend.from_host(xp, a, native)
 
 
 def device_of(x) -> Device:
     """The :class:`Device` that array ``x`` lives on."""
-    if isinstance(x, numpy.ndarray):
-        return device("cpu")
-    native = array_api_compat.device(x)
-    if array_api_compat.is_cupy_array(x):
-        return device(f"cuda:{native.id}")
-    if array_api_compat.is_torch_array(x):
-        return device(f"torch:{native}")
-    if array_api_compat.is_jax_array(x):
-        return device(f"jax:{native.platform}:{native.id}")
-    if type(x).__module__.split(".")[0] == "array_api_strict":
-        return device(f"array_api_strict:{str(native).split(chr(39))[1]}")
-    raise TypeError(f"device_of: unsupported array type {type(x).__module__}.{type(x).__name__}")
+    backend = _backend_of(x)
+    if backend is _GENERIC:
+        raise TypeError(f"device_of: unsupported array type {type(x).__module__}.{type(x).__name__}")
+    return device(backend.spec_of(array_api_compat.device(x)))
 
 
 def dtype_name(x) -> str:
@@ -221,8 +186,24 @@ def device_scope(x):
     Needed for CuPy, whose creation functions allocate on the *current* GPU and
     ignore ``device=``; a no-op for every other library.
     """
-    dev = array_api_compat.device(x)
-    return dev if hasattr(dev, "__enter__") and hasattr(dev, "use") else contextlib.nullcontext()
+    return _backend_of(x).scope(array_api_compat.device(x))
+
+
+def prefers_fewer_ops(x) -> bool:
+    """True where every op has a fixed cost that dwarfs its work at these sizes (a kernel
+    launch on a GPU, a dispatch in torch or JAX): kernels then prefer fewer, larger ops.
+    False on NumPy, whose per-op cost is small and whose fast paths are many cheap ops."""
+    return _backend_of(x).prefers_fewer_ops
+
+
+def default_workspace(where) -> int:
+    """Default workspace limit in bytes for a :class:`Device` or an array's device:
+    ``GPU_WORKSPACE`` (512 MiB) on a GPU, ``CPU_WORKSPACE`` (8 MiB) elsewhere."""
+    if isinstance(where, Device):
+        backend, native = _BACKENDS[where.library], where.native
+    else:
+        backend, native = _backend_of(where), array_api_compat.device(where)
+    return GPU_WORKSPACE if backend.is_gpu(native) else CPU_WORKSPACE
 
 
 # ----------------------------------------------------------------------------- fast paths
@@ -247,73 +228,261 @@ def keep_where(keep, x):
         numpy.bitwise_and(bits, x.view(ints), out=bits)
         return bits.view(x.dtype)
     xp = array_api_compat.array_namespace(x)
-    return xp.where(keep, x, xp.zeros((), dtype=x.dtype, device=array_api_compat.device(x)))
+    return xp.where(keep, x, 0.0)
 
 
-# ----------------------------------------------------------------------------- makers
+# ----------------------------------------------------------------------------- backends
 
-def _numpy_device(where: str) -> Device:
-    if where not in ("", "cpu"):
-        _unusable(f"numpy:{where}", "NumPy has only the 'cpu' device")
-    import array_api_compat.numpy as xp
-    return Device("cpu", xp, "cpu", "numpy")
+CPU_WORKSPACE = 8 * 2**20     # columns that stay in a CPU's cache (measured best on 2 cores)
+GPU_WORKSPACE = 512 * 2**20   # a big conv's whole batch in one chunk: few kernel launches
 
 
-def _cupy_device(spec: str, where: str) -> Device:
-    where = where.removeprefix("cuda:").removeprefix("gpu:")
-    index = _device_index(spec, where)
-    count = _cupy_gpu_count()
-    if count == 0:
-        _unusable(spec, _cupy_problem() or "no CUDA GPU is usable")
-    if index >= count:
-        _unusable(spec, f"CuPy sees {count} GPU(s) (0..{count - 1})")
-    import array_api_compat.cupy as xp
-    import cupy
-    return Device(f"cuda:{index}", xp, cupy.cuda.Device(index), "cupy")
+class _Backend:
+    """What xpconv needs to know about one array library; one subclass per library.
+
+    Attributes:
+        library: the name in spec strings and ``Device.library``.
+        prefers_fewer_ops: each op costs a launch or a dispatch (see :func:`prefers_fewer_ops`).
+    """
+
+    library = ""
+    prefers_fewer_ops = True
+
+    def owns(self, x) -> bool:
+        """``x`` is an array of this library."""
+        raise NotImplementedError
+
+    def make(self, spec: str, where: str) -> Device:
+        """The Device for ``where`` (the spec's part after the library), or ValueError."""
+        raise NotImplementedError
+
+    def available(self) -> list[str]:
+        """Spec strings of this library usable here; never raises."""
+        return []
+
+    def spec_of(self, native) -> str:
+        """Spec string of the library's device object ``native``."""
+        raise NotImplementedError
+
+    def is_gpu(self, native) -> bool:
+        return False
+
+    def scope(self, native):
+        """Context in which new arrays land on ``native``."""
+        return contextlib.nullcontext()
+
+    def synchronize(self, native, arrays) -> None:
+        """Wait for work queued on ``native`` (and on ``arrays``)."""
+
+    def from_host(self, xp, a, native):
+        return xp.asarray(a, device=native)
+
+    def to_numpy(self, x) -> numpy.ndarray:
+        return numpy.asarray(x)
 
 
-def _torch_device(where: str) -> Device:
-    if not _importable("torch"):
-        _unusable(f"torch:{where}" if where else "torch", "PyTorch is not installed")
-    import torch
-    import array_api_compat.torch as xp
-    try:
-        native = torch.device(where or "cpu")
+class _NumpyBackend(_Backend):
+    library = "numpy"
+    prefers_fewer_ops = False  # its fast paths (bit masks, separable pooling) are many cheap ops
+
+    def owns(self, x):
+        return array_api_compat.is_numpy_array(x)
+
+    def make(self, spec, where):
+        if where not in ("", "cpu"):
+            _unusable(f"numpy:{where}", "NumPy has only the 'cpu' device")
+        import array_api_compat.numpy as xp
+        return Device("cpu", xp, "cpu", "numpy")
+
+    def available(self):
+        return ["cpu"]
+
+    def spec_of(self, native):
+        return "cpu"
+
+
+class _CupyBackend(_Backend):
+    """CuPy allocates on the *current* GPU and ignores ``device=``: work runs in its scope."""
+
+    library = "cupy"
+
+    def owns(self, x):
+        return array_api_compat.is_cupy_array(x)
+
+    def make(self, spec, where):
+        where = where.removeprefix("cuda:").removeprefix("gpu:")
+        index = _device_index(spec, where)
+        count = _cupy_gpu_count()
+        if count == 0:
+            _unusable(spec, _cupy_problem() or "no CUDA GPU is usable")
+        if index >= count:
+            _unusable(spec, f"CuPy sees {count} GPU(s) (0..{count - 1})")
+        import array_api_compat.cupy as xp
+        import cupy
+        return Device(f"cuda:{index}", xp, cupy.cuda.Device(index), "cupy")
+
+    def available(self):
+        return [f"cuda:{i}" for i in range(_cupy_gpu_count())]
+
+    def spec_of(self, native):
+        return f"cuda:{native.id}"
+
+    def is_gpu(self, native):
+        return True
+
+    def scope(self, native):
+        return native
+
+    def synchronize(self, native, arrays):
+        native.synchronize()
+
+    def from_host(self, xp, a, native):
+        return xp.asarray(a)  # inside scope(native)
+
+    def to_numpy(self, x):
+        return x.get()
+
+
+class _TorchBackend(_Backend):
+    library = "torch"
+    gpu_types = ("cuda",)  # torch.device types that are GPUs (ROCm builds say "cuda" too)
+
+    def owns(self, x):
+        return array_api_compat.is_torch_array(x)
+
+    def make(self, spec, where):
+        if not _importable("torch"):
+            _unusable(f"torch:{where}" if where else "torch", "PyTorch is not installed")
+        import torch
+        import array_api_compat.torch as xp
+        try:
+            native = torch.device(where or "cpu")
+            if native.type == "cuda":
+                if not torch.cuda.is_available():
+                    raise RuntimeError("torch.cuda.is_available() is False")
+                native = torch.device("cuda", native.index or 0)
+                torch.empty(0, device=native)  # raises when the index is out of range
+            elif native.type != "cpu":
+                torch.empty(0, device=native)
+        except Exception as exc:  # bad string, missing GPU, ...
+            _unusable(f"torch:{where}", str(exc).splitlines()[0])
+        return Device(f"torch:{native}", xp, native, "torch")
+
+    def available(self):
+        if not _importable("torch"):
+            return []
+        specs = ["torch"]
+        with contextlib.suppress(Exception):
+            torch = importlib.import_module("torch")
+            if torch.cuda.is_available():
+                specs += [f"torch:cuda:{i}" for i in range(torch.cuda.device_count())]
+        return specs
+
+    def spec_of(self, native):
+        return f"torch:{native}"
+
+    def is_gpu(self, native):
+        return native.type in self.gpu_types
+
+    def synchronize(self, native, arrays):
         if native.type == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError("torch.cuda.is_available() is False")
-            native = torch.device("cuda", native.index or 0)
-            torch.empty(0, device=native)  # raises when the index is out of range
-        elif native.type != "cpu":
-            torch.empty(0, device=native)
-    except Exception as exc:  # bad string, missing GPU, ...
-        _unusable(f"torch:{where}", str(exc).splitlines()[0])
-    return Device(f"torch:{native}", xp, native, "torch")
+            sys.modules["torch"].cuda.synchronize(native)
+
+    def to_numpy(self, x):
+        return x.detach().cpu().numpy()
 
 
-def _jax_device(where: str) -> Device:
-    if not _importable("jax"):
-        _unusable(f"jax:{where}" if where else "jax", "JAX is not installed")
-    import jax
-    import jax.numpy as xp
-    platform, _, index = (where or "cpu").partition(":")
-    try:
-        native = jax.devices(platform)[_device_index(f"jax:{where}", index)]
-    except (RuntimeError, IndexError) as exc:
-        _unusable(f"jax:{where}", str(exc).splitlines()[0] or "no such device")
-    return Device(f"jax:{platform}:{native.id}", xp, native, "jax")
+class _JaxBackend(_Backend):
+    library = "jax"
+
+    def owns(self, x):
+        return array_api_compat.is_jax_array(x)
+
+    def make(self, spec, where):
+        if not _importable("jax"):
+            _unusable(f"jax:{where}" if where else "jax", "JAX is not installed")
+        import jax
+        import jax.numpy as xp
+        platform, _, index = (where or "cpu").partition(":")
+        try:
+            native = jax.devices(platform)[_device_index(f"jax:{where}", index)]
+        except (RuntimeError, IndexError) as exc:
+            _unusable(f"jax:{where}", str(exc).splitlines()[0] or "no such device")
+        return Device(f"jax:{platform}:{native.id}", xp, native, "jax")
+
+    def available(self):
+        if not _importable("jax"):
+            return []
+        specs = ["jax"]
+        with contextlib.suppress(Exception):
+            jax = importlib.import_module("jax")
+            specs += [f"jax:gpu:{i}" for i in range(len(jax.devices("gpu")))]
+        return specs
+
+    def spec_of(self, native):
+        return f"jax:{native.platform}:{native.id}"
+
+    def is_gpu(self, native):
+        return native.platform in ("gpu", "cuda", "rocm")
+
+    def synchronize(self, native, arrays):
+        for a in arrays:
+            a.block_until_ready()
 
 
-def _strict_device(where: str) -> Device:
-    if not _importable("array_api_strict"):
-        _unusable("array_api_strict", "array-api-strict is not installed")
-    import array_api_strict as xp
-    name = where or "CPU_DEVICE"
-    known = [d for d in xp.__array_namespace_info__().devices() if str(d).split("'")[1] == name]
-    if not known:
-        _unusable(f"array_api_strict:{where}", "array-api-strict devices are "
-                  + ", ".join(str(d).split("'")[1] for d in xp.__array_namespace_info__().devices()))
-    return Device(f"array_api_strict:{name}", xp, known[0], "array_api_strict")
+class _StrictBackend(_Backend):
+    """array-api-strict: the standard and nothing more (NumPy underneath, fake devices)."""
+
+    library = "array_api_strict"
+
+    def owns(self, x):
+        return type(x).__module__.split(".")[0] == "array_api_strict"
+
+    def make(self, spec, where):
+        if not _importable("array_api_strict"):
+            _unusable("array_api_strict", "array-api-strict is not installed")
+        import array_api_strict as xp
+        name = where or "CPU_DEVICE"
+        devices = xp.__array_namespace_info__().devices()
+        known = [d for d in devices if _strict_name(d) == name]
+        if not known:
+            _unusable(f"array_api_strict:{where}", "array-api-strict devices are "
+                      + ", ".join(_strict_name(d) for d in devices))
+        return Device(f"array_api_strict:{name}", xp, known[0], "array_api_strict")
+
+    def available(self):
+        return ["array_api_strict", "array_api_strict:device1"] if _importable("array_api_strict") else []
+
+    def spec_of(self, native):
+        return f"array_api_strict:{_strict_name(native)}"
+
+    def to_numpy(self, x):
+        xp = array_api_compat.array_namespace(x)
+        return numpy.asarray(x.to_device(xp.Device("CPU_DEVICE")))
+
+
+class _GenericBackend(_Backend):
+    """Any other Array API library: no device knowledge beyond the standard."""
+
+    def owns(self, x):
+        return True
+
+
+_BACKENDS = {b.library: b for b in (_NumpyBackend(), _CupyBackend(), _TorchBackend(), _JaxBackend(),
+                                    _StrictBackend())}
+_GENERIC = _GenericBackend()
+
+
+def _backend_of(x) -> _Backend:
+    """The backend whose library ``x`` belongs to (the generic one for unknown libraries)."""
+    for backend in _BACKENDS.values():
+        if backend.owns(x):
+            return backend
+    return _GENERIC
+
+
+def _strict_name(native) -> str:
+    return str(native).split("'")[1]
 
 
 # ----------------------------------------------------------------------------- probes
@@ -363,12 +532,7 @@ def _device_index(spec: str, text: str) -> int:
 def _is_foreign_array(obj, library: str) -> bool:
     if isinstance(obj, numpy.ndarray) or not array_api_compat.is_array_api_obj(obj):
         return False
-    checks = {"cupy": array_api_compat.is_cupy_array, "torch": array_api_compat.is_torch_array,
-              "jax": array_api_compat.is_jax_array, "numpy": array_api_compat.is_numpy_array}
-    own = checks.get(library)
-    if own is None:  # array_api_strict
-        return type(obj).__module__.split(".")[0] != "array_api_strict"
-    return not own(obj)
+    return not _BACKENDS[library].owns(obj)
 
 
 def _unusable(spec: str, why: str):

@@ -1,9 +1,14 @@
-"""The workspace limit: how much scratch memory one op may use for its column matrix.
+"""The workspace limit: how much scratch memory one op may use per chunk of the batch.
 
-im2col-style ops process the batch in chunks so that the columns of one chunk,
-``(n, C*FH*FW, OH*OW)``, stay under the limit; the max-pooling backward chunks so
-that the input of one chunk ``(n, C, H, W)`` does. Results do not depend on it; only
-speed and peak memory do. Default: 8 MiB (measured best on a 2-core CPU: columns that stay in cache), or ``XPCONV_WORKSPACE_MB`` if set.
+Window ops process the batch in chunks so that one chunk's largest temporary (the
+columns ``(n, C*FH*FW, OH*OW)`` of a convolution, the padded input of a pooling, ...)
+stays under the limit. Results do not depend on it; only speed and peak memory do.
+
+Default, per device (:func:`default_limit`): 8 MiB on a CPU (NumPy, torch CPU, JAX CPU,
+array-api-strict; measured best on a 2-core CPU: columns that stay in cache) and a fixed
+512 MiB on a GPU (CuPy, torch CUDA, JAX GPU: a big layer's batch in one or two chunks,
+so few kernel launches). ``XPCONV_WORKSPACE_MB``, :func:`set_workspace_limit` and
+:func:`workspace_limit` override it on every device.
 
 >>> import xpconv
 >>> with xpconv.workspace_limit(16 * 2**20):
@@ -14,27 +19,40 @@ from __future__ import annotations
 import contextlib
 import os
 
-_DEFAULT_BYTES = 8 * 2**20
-_limit = int(float(os.environ.get("XPCONV_WORKSPACE_MB", _DEFAULT_BYTES / 2**20)) * 2**20)
+import array_api_extra as xpx
+from array_api_compat import array_namespace, device
+
+from .devices import CPU_WORKSPACE, default_workspace
+
+_env = os.environ.get("XPCONV_WORKSPACE_MB")
+_override: "int | None" = None if _env is None else int(float(_env) * 2**20)
 
 
-def get_workspace_limit() -> int:
-    """Current limit in bytes."""
-    return _limit
+def default_limit(where=None) -> int:
+    """The default limit in bytes for ``where`` (a Device or an array; None: the CPU)."""
+    return CPU_WORKSPACE if where is None else default_workspace(where)
 
 
-def set_workspace_limit(nbytes: int) -> None:
-    """Set the limit in bytes (at least one sample's columns are always used)."""
-    global _limit
-    if not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 1:
-        raise ValueError(f"set_workspace_limit: expected a positive int number of bytes; got {nbytes!r}")
-    _limit = nbytes
+def get_workspace_limit(where=None) -> int:
+    """Current limit in bytes for ``where`` (a Device or an array; None: the CPU): the
+    override if one is set, else :func:`default_limit`."""
+    return _override if _override is not None else default_limit(where)
+
+
+def set_workspace_limit(nbytes: "int | None") -> None:
+    """Set the limit in bytes on every device (at least one sample is always processed
+    per chunk); None restores the per-device default."""
+    global _override
+    if nbytes is not None and (not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 1):
+        raise ValueError(f"set_workspace_limit: expected a positive int number of bytes or None; "
+                         f"got {nbytes!r}")
+    _override = nbytes
 
 
 @contextlib.contextmanager
-def workspace_limit(nbytes: int):
-    """Temporarily set the limit in bytes."""
-    old = get_workspace_limit()
+def workspace_limit(nbytes: "int | None"):
+    """Temporarily set the limit in bytes (None: the per-device default)."""
+    old = _override
     set_workspace_limit(nbytes)
     try:
         yield
@@ -42,10 +60,39 @@ def workspace_limit(nbytes: int):
         set_workspace_limit(old)
 
 
-def batch_chunks(n: int, bytes_per_sample: int) -> list[tuple[int, int]]:
-    """Split ``range(n)`` into (start, stop) chunks of at most the limit each.
+def batch_chunks(n: int, bytes_per_sample: int, like=None) -> list[tuple[int, int]]:
+    """Split ``range(n)`` into (start, stop) chunks of at most the limit for ``like``'s
+    device each (at least one sample per chunk).
 
     Always at least one chunk, also for ``n == 0``.
     """
-    per_chunk = max(1, _limit // max(bytes_per_sample, 1))
+    per_chunk = max(1, get_workspace_limit(like) // max(bytes_per_sample, 1))
     return [(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)] or [(0, 0)]
+
+
+def itemsize(x) -> int:
+    """Bytes per element of the floating array ``x``."""
+    return array_namespace(x).finfo(x.dtype).bits // 8
+
+
+def set_rows(out, n0: int, n1: int, part):
+    """``out[n0:n1] = part`` (one chunk of the batch), in place where the library allows it."""
+    return xpx.at(out)[n0:n1, ...].set(part)
+
+
+def map_batch(kernel, arrays, out_shape, bytes_per_sample: int):
+    """``kernel(*arrays)``, computed for one chunk of the batch (axis 0 of every array) at
+    a time and assembled into one array of ``out_shape`` (dtype and device of ``arrays[0]``).
+
+    Each chunk's result is written and dropped before the next chunk is computed, so the
+    scratch alive at once is one chunk's (plus that chunk's result).
+    """
+    like = arrays[0]
+    chunks = batch_chunks(out_shape[0], bytes_per_sample, like)
+    if len(chunks) == 1:
+        return kernel(*arrays)
+    xp = array_namespace(like)
+    out = xp.empty(out_shape, dtype=like.dtype, device=device(like))
+    for n0, n1 in chunks:
+        out = set_rows(out, n0, n1, kernel(*(a[n0:n1, ...] for a in arrays)))
+    return out

@@ -8,8 +8,8 @@ from array_api_compat import array_namespace, device
 from .._checks import check_floating, check_grad, check_ndim, check_same_place
 from .._geometry import ROUNDINGS, pair
 from ..devices import device_scope
-from ..functional import (_conv_geometry, check_conv_shapes, conv2d_forward,
-                          conv2d_grads)
+from .._conv import conv2d_backward_unchecked, conv2d_unchecked
+from ..functional import _conv_geometry, check_conv_shapes
 
 
 class Convolution:
@@ -67,7 +67,7 @@ class Convolution:
                                     self.dilation, self.groups, self.rounding, w_name="W")
         self.x = x
         with device_scope(x):
-            y, self._cols = conv2d_forward(x, self.W, self.b, self._geom, self.groups, keep_cols=True)
+            y, self._cols = conv2d_unchecked(x, self.W, self.b, self._geom, self.groups, keep_cols=True)
         return y
 
     def backward(self, dout):
@@ -76,8 +76,8 @@ class Convolution:
         check_grad("Convolution.backward", "dy", dout, self.x, "x", (self.x.shape[0], self.W.shape[0],
                                                          *self._geom.out_hw))
         with device_scope(dout):
-            dx, self.dW, self.db = conv2d_grads(dout, self.x, self.W, self._geom, self.groups,
-                                                input_grad=self.input_grad, cols=self._cols)
+            dx, self.dW, self.db = conv2d_backward_unchecked(
+                dout, self.x, self.W, self._geom, self.groups, input_grad=self.input_grad, cols=self._cols)
         self._cols = None
         return dx
 

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from ..devices import device_scope
 from .._checks import check_grad
-from ..functional import (_pool_geometry, avg_pool2d_forward, avg_pool2d_grad,
-                          max_pool2d_forward, max_pool2d_grad)
+from .._pool import (avg_pool2d_backward_unchecked, avg_pool2d_unchecked,
+                     max_pool2d_backward_unchecked, max_pool2d_unchecked)
+from ..functional import _pool_geometry
 from .._geometry import ROUNDINGS, pair
 
 MODES = ("max", "avg")
@@ -53,9 +54,9 @@ class Pooling:
         self.x = x
         with device_scope(x):
             if self.mode == "max":
-                self.out = max_pool2d_forward(x, self._geom)
+                self.out = max_pool2d_unchecked(x, self._geom)
             else:
-                self.out = avg_pool2d_forward(x, self._geom, self.count_include_pad)
+                self.out = avg_pool2d_unchecked(x, self._geom, self.count_include_pad)
         return self.out
 
     def backward(self, dout):
@@ -64,8 +65,8 @@ class Pooling:
         check_grad("Pooling.backward", "dy", dout, self.x, "x", (*self.x.shape[:2], *self._geom.out_hw))
         with device_scope(dout):
             if self.mode == "max":
-                return max_pool2d_grad(dout, self.x, self.out, self._geom)
-            return avg_pool2d_grad(dout, self.x, self._geom, self.count_include_pad)
+                return max_pool2d_backward_unchecked(dout, self.x, self.out, self._geom)
+            return avg_pool2d_backward_unchecked(dout, self.x, self._geom, self.count_include_pad)
 
     def __repr__(self) -> str:
         return (f"Pooling({self.pool_h}, {self.pool_w}, stride={self.stride}, pad={self.pad!r}, "

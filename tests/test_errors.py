@@ -224,9 +224,9 @@ def test_pooling_pad_more_than_half_kernel(pad):
 
 
 def test_pooling_layer_pad_more_than_half_kernel():
-    layer = xpconv.Pooling(2, 2, pad=2)  # 6 + 4 - 2 tiles with stride 2: only the pad is wrong
+    # refused at construction (the kernel is known), not at the first forward
     with pytest.raises(ValueError, match=r"Pooling: pooling padding must be at most half .*got \(2, 2\)"):
-        layer.forward(ones(1, 1, 6, 6))
+        xpconv.Pooling(2, 2, pad=2)
 
 
 @pytest.mark.parametrize("mode", ["min", "MAX", None])
@@ -391,3 +391,64 @@ def test_conv2d_dtype_mismatch(culprit):
 def test_conv2d_backward_dy_dtype_mismatch():
     with pytest.raises(TypeError, match=r"conv2d_backward: dy has dtype float32 but x has float64"):
         F.conv2d_backward(ones(2, 4, 5, 5, dtype="float32"), X, W)
+
+
+# ----------------------------------------------------------------------------- layer constructors
+
+@pytest.mark.parametrize("groups", [np.int64(1), np.int32(1), np.uint8(1)], ids=["int64", "int32", "uint8"])
+def test_convolution_layer_accepts_numpy_integer_groups(groups):
+    layer = xpconv.Convolution(W, B, groups=groups)
+    assert layer.groups == 1 and type(layer.groups) is int
+    assert layer.forward(X).shape == (2, 4, 5, 5)
+
+
+def test_convolution_layer_numpy_integer_groups_depthwise():
+    layer = xpconv.Convolution(ones(3, 1, 3, 3), ones(3), groups=np.int64(3))
+    np.testing.assert_allclose(layer.forward(X), F.conv2d(X, ones(3, 1, 3, 3), ones(3), groups=3))
+
+
+@pytest.mark.parametrize("groups", [1.0, True, "1", None], ids=["float", "bool", "str", "None"])
+def test_convolution_layer_groups_not_int(groups):
+    with pytest.raises(TypeError, match=r"Convolution: expected groups to be an int; got " + esc(repr(groups))):
+        xpconv.Convolution(W, B, groups=groups)
+
+
+@pytest.mark.parametrize("pad, error", [(-1, ValueError), ((1, 2, 3), TypeError), (1.5, TypeError),
+                                        ("bogus", ValueError), (None, TypeError)],
+                         ids=["negative", "triple", "float", "word", "None"])
+def test_convolution_layer_pad_checked_at_construction(pad, error):
+    with pytest.raises(error, match=r"Convolution: expected pad"):
+        xpconv.Convolution(W, B, pad=pad)
+
+
+@pytest.mark.parametrize("pad, error", [(-1, ValueError), (((0, 0), (0, 1, 2)), TypeError),
+                                        ("bogus", ValueError)], ids=["negative", "malformed", "word"])
+def test_pooling_layer_pad_checked_at_construction(pad, error):
+    with pytest.raises(error, match=r"Pooling: expected pad"):
+        xpconv.Pooling(3, 3, pad=pad)
+
+
+@pytest.mark.parametrize("flag", ["False", "yes", 1, 0, None, np.bool_(True)],
+                         ids=["str-False", "str-yes", "1", "0", "None", "numpy-bool"])
+def test_convolution_layer_input_grad_must_be_bool(flag):
+    with pytest.raises(TypeError, match=r"Convolution: expected input_grad to be True or False; got "
+                                        + esc(repr(flag))):
+        xpconv.Convolution(W, B, input_grad=flag)
+
+
+@pytest.mark.parametrize("flag", ["False", 1, None], ids=["str-False", "1", "None"])
+def test_pooling_layer_count_include_pad_must_be_bool(flag):
+    with pytest.raises(TypeError, match=r"Pooling: expected count_include_pad to be True or False; got "
+                                        + esc(repr(flag))):
+        xpconv.Pooling(2, 2, mode="avg", count_include_pad=flag)
+
+
+@pytest.mark.parametrize("ratio", [np.float32(0.25), np.float64(0.25), 0, 1])
+def test_dropout_accepts_real_numbers(ratio):
+    assert xpconv.Dropout(ratio, seed=0).dropout_ratio == float(ratio)
+
+
+@pytest.mark.parametrize("ratio", [float("nan"), -0.1, 1.5, True, "0.5", None])
+def test_dropout_ratio_refused(ratio):
+    with pytest.raises(ValueError, match=r"Dropout: expected dropout_ratio in \[0, 1\]"):
+        xpconv.Dropout(ratio, seed=0)

@@ -4,6 +4,8 @@ Every message names who raised it, what was expected and what was given.
 """
 from __future__ import annotations
 
+import operator
+
 from array_api_compat import array_namespace, device, is_array_api_obj
 
 
@@ -66,3 +68,24 @@ def check_grad(who: str, name: str, grad, ref, ref_name: str, shape) -> None:
 
 def _library(x) -> str:
     return type(x).__module__.split(".")[0]
+
+
+def check_flag(who: str, name: str, value) -> None:
+    """``value`` must be a real bool (a truthy string such as "False" is refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{who}: expected {name} to be True or False; "
+                        f"got {value!r} ({type(value).__name__})")
+
+
+def as_index(who: str, name: str, value, *, minimum: int) -> int:
+    """An integer (Python int or NumPy integer scalar, not bool) >= ``minimum``, as an int."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        index = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{who}: expected {name} to be an int; got {value!r} "
+                        f"({type(value).__name__})") from None
+    if index < minimum:
+        raise ValueError(f"{who}: expected {name} >= {minimum}; got {index}")
+    return index

@@ -452,3 +452,90 @@ def test_dropout_accepts_real_numbers(ratio):
 def test_dropout_ratio_refused(ratio):
     with pytest.raises(ValueError, match=r"Dropout: expected dropout_ratio in \[0, 1\]"):
         xpconv.Dropout(ratio, seed=0)
+
+
+# ----------------------------------------------------------------------------- model constructors
+
+MODELS = [xpconv.SimpleConvNet, xpconv.DeepConvNet, xpconv.LeNet]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("input_dim", [(28, 28), (1, 28, 28, 1), 28, "1x28x28"],
+                         ids=["HW", "4-D", "int", "str"])
+def test_model_input_dim_must_be_CHW(model, input_dim):
+    with pytest.raises(ValueError, match=model.__name__ + r": expected input_dim \(C, H, W\) of one image.*"
+                                         + esc(repr(input_dim))):
+        model(input_dim=input_dim, seed=0)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("input_dim, error", [((0, 28, 28), ValueError), ((1, 28.0, 28), TypeError)],
+                         ids=["zero-channels", "float-H"])
+def test_model_input_dim_entries_checked(model, input_dim, error):
+    with pytest.raises(error, match=model.__name__ + r": expected input_dim\[\d\]"):
+        model(input_dim=input_dim, seed=0)
+
+
+def test_model_input_dim_accepts_numpy_integers():
+    net = xpconv.SimpleConvNet(input_dim=tuple(np.array([1, 8, 8])), conv_param={"filter_size": 3},
+                               hidden_size=4, output_size=np.int64(3), seed=0)
+    assert net.predict(np.zeros((2, 1, 8, 8))).shape == (2, 3)
+
+
+@pytest.mark.parametrize("std", [float("nan"), float("inf"), -0.01, 0.0, True, "kaiming", None, np.nan],
+                         ids=["nan", "inf", "negative", "zero", "bool", "unknown-word", "None", "np.nan"])
+def test_simple_convnet_weight_init_std_refused(std):
+    with pytest.raises(ValueError, match=r"SimpleConvNet: expected weight_init_std to be a finite number > 0, "
+                                         r"'he' or 'xavier'; got " + esc(repr(std))):
+        xpconv.SimpleConvNet(weight_init_std=std, seed=0)
+
+
+@pytest.mark.parametrize("std", [0.01, np.float32(0.01), "he", "Xavier", 1])
+def test_simple_convnet_weight_init_std_accepted(std):
+    net = xpconv.SimpleConvNet(input_dim=(1, 8, 8), hidden_size=4, weight_init_std=std, seed=0)
+    assert all(np.isfinite(xpconv.to_numpy(net.params[k])).all() for k in net.params)
+
+
+def test_simple_convnet_unknown_conv_param_key():
+    with pytest.raises(ValueError, match=r"SimpleConvNet: unknown conv_param key\(s\) \['filter_nums'\]"):
+        xpconv.SimpleConvNet(conv_param={"filter_nums": 8}, seed=0)
+
+
+@pytest.mark.parametrize("key, value, error", [("filter_num", 0, ValueError), ("filter_size", 2.5, TypeError)])
+def test_simple_convnet_conv_param_values(key, value, error):
+    with pytest.raises(error, match=rf"SimpleConvNet: expected conv_param\['{key}'\]"):
+        xpconv.SimpleConvNet(conv_param={key: value}, seed=0)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("size", [0, -3, 2.0, None], ids=["0", "negative", "float", "None"])
+def test_model_output_size_checked(model, size):
+    with pytest.raises((ValueError, TypeError), match=model.__name__ + r": expected output_size"):
+        model(output_size=size, seed=0)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_model_dtype_must_be_floating(model):
+    with pytest.raises(ValueError, match=model.__name__ + r": expected dtype in .*float32.*got 'int32'"):
+        model(dtype="int32", seed=0)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"], ids=["negative", "float", "str"])
+def test_model_seed_checked(model, seed):
+    with pytest.raises((ValueError, TypeError), match=model.__name__ + r": expected seed"):
+        model(seed=seed)
+
+
+def test_deep_convnet_conv_params_checked():
+    with pytest.raises(TypeError, match=r"DeepConvNet: expected conv_params to be a non-empty list"):
+        xpconv.DeepConvNet(conv_params=[], seed=0)
+    with pytest.raises(ValueError, match=r"DeepConvNet: conv_params\[0\] needs the key\(s\) \['filter_num'\]"):
+        xpconv.DeepConvNet(conv_params=[{"filter_size": 3}], seed=0)
+    with pytest.raises(ValueError, match=r"DeepConvNet: unknown conv_params\[1\] key"):
+        xpconv.DeepConvNet(conv_params=[{"filter_num": 4, "filter_size": 3}, {"filter_num": 4, "size": 3}], seed=0)
+
+
+def test_lenet_pool_checked():
+    with pytest.raises(ValueError, match=r"LeNet: expected pool 'max' or 'avg'; got 'min'"):
+        xpconv.LeNet(pool="min", seed=0)

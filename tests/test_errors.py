@@ -1,7 +1,11 @@
 """Bad inputs: each raises the right exception type, naming the op or layer and the bad value."""
 from __future__ import annotations
 
+import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -539,3 +543,33 @@ def test_deep_convnet_conv_params_checked():
 def test_lenet_pool_checked():
     with pytest.raises(ValueError, match=r"LeNet: expected pool 'max' or 'avg'; got 'min'"):
         xpconv.LeNet(pool="min", seed=0)
+
+
+# ----------------------------------------------------------------------------- environment
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _import_with_env(value):
+    env = {**os.environ, "XPCONV_WORKSPACE_MB": value}
+    code = "import xpconv; print(xpconv.get_workspace_limit())"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "-inf", "-4", "0", "1e-9", "8 MiB"])
+def test_bad_workspace_env_var_warns_and_uses_the_default(value):
+    default = _import_with_env("").stdout.strip()   # empty: the default
+    result = _import_with_env(value)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == default
+    warning = [line for line in result.stderr.splitlines() if "XPCONV_WORKSPACE_MB" in line]
+    assert warning, result.stderr
+    assert repr(value) in warning[0] and "using the default workspace limit of" in warning[0]
+
+
+@pytest.mark.parametrize("value, nbytes", [("16", 16 * 2**20), ("0.5", 2**19), (" 2 ", 2 * 2**20)])
+def test_workspace_env_var_sets_the_limit(value, nbytes):
+    result = _import_with_env(value)
+    assert result.returncode == 0 and result.stdout.strip() == str(nbytes), result.stderr
+    assert "XPCONV_WORKSPACE_MB" not in result.stderr

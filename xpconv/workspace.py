@@ -12,10 +12,34 @@ speed and peak memory do. Default: 8 MiB (measured best on a 2-core CPU: columns
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import warnings
 
 _DEFAULT_BYTES = 8 * 2**20
-_limit = int(float(os.environ.get("XPCONV_WORKSPACE_MB", _DEFAULT_BYTES / 2**20)) * 2**20)
+ENV_VAR = "XPCONV_WORKSPACE_MB"
+
+
+def _limit_from_env(default: int) -> int:
+    """``XPCONV_WORKSPACE_MB`` (MiB, a finite number > 0) in bytes, else ``default``.
+
+    A bad value never stops ``import xpconv``: it is ignored with a warning.
+    """
+    text = os.environ.get(ENV_VAR)
+    if text is None or not text.strip():
+        return default
+    try:
+        nbytes = float(text) * 2**20
+    except ValueError:
+        nbytes = math.nan
+    if not math.isfinite(nbytes) or nbytes < 1:
+        warnings.warn(f"{ENV_VAR}={text!r} is not a number of MiB > 0; ignoring it and using the "
+                      f"default workspace limit of {default / 2**20:g} MiB", RuntimeWarning, stacklevel=2)
+        return default
+    return int(nbytes)
+
+
+_limit = _limit_from_env(_DEFAULT_BYTES)
 
 
 def get_workspace_limit() -> int:

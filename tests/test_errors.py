@@ -573,3 +573,44 @@ def test_workspace_env_var_sets_the_limit(value, nbytes):
     result = _import_with_env(value)
     assert result.returncode == 0 and result.stdout.strip() == str(nbytes), result.stderr
     assert "XPCONV_WORKSPACE_MB" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- host input of any layout
+
+TINY_NET = dict(input_dim=(1, 6, 6), conv_param={"filter_num": 2, "filter_size": 3}, hidden_size=4,
+                output_size=3, dtype="float64", seed=0)
+
+ODD_LAYOUTS = {
+    "negative-strides": lambda a: np.ascontiguousarray(a[::-1, :, :, ::-1])[::-1, :, :, ::-1],
+    "big-endian": lambda a: a.astype(">f8"),
+    "big-endian-negative-strides": lambda a: np.ascontiguousarray(a[::-1]).astype(">f8")[::-1],
+    "big-endian-float32": lambda a: a.astype(">f4"),
+    "fortran": np.asfortranarray,
+}
+
+
+@pytest.mark.parametrize("layout", ODD_LAYOUTS)
+def test_models_accept_host_input_of_any_layout(backend, layout, rng):
+    x = rng.standard_normal((3, 1, 6, 6))
+    odd = ODD_LAYOUTS[layout](x)
+    assert np.array_equal(odd, x.astype(odd.dtype))
+    if "negative" in layout:
+        assert min(odd.strides) < 0
+    if "big-endian" in layout:
+        assert not odd.dtype.isnative
+    expected = xpconv.SimpleConvNet(**TINY_NET).predict(x.astype(odd.dtype).astype("float64"))
+    net = xpconv.SimpleConvNet(**TINY_NET, device=backend)
+    np.testing.assert_allclose(xpconv.to_numpy(net.predict(odd)), expected, rtol=1e-12)
+    moved = backend.asarray(odd)
+    np.testing.assert_array_equal(xpconv.to_numpy(moved), odd)
+    assert xpconv.to_numpy(moved).dtype.isnative
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_complex_host_input_is_refused_not_truncated(backend, dtype):
+    x = (np.ones((2, 1, 6, 6)) + 1j).astype(dtype)
+    net = xpconv.SimpleConvNet(**TINY_NET, device=backend)
+    with pytest.raises(TypeError, match=r"asarray: got complex data .*drop the imaginary part"):
+        net.predict(x)
+    with pytest.raises(TypeError, match=r"asarray: got complex data"):
+        backend.asarray(x, dtype="float32")

@@ -2,12 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 MODELS = ("simple", "deep", "lenet")
 OPTIMIZERS = ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+MAX_CLASSES = 10_000   # labels must be 0..K-1 with K at most this (the output layer has K units)
+
+# Failures a user can cause and fix (bad option, file, data, divergence): one line, exit 1.
+# FloatingPointError covers xpconv.TrainingDiverged.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)
 
 
 def main(argv=None) -> int:
@@ -18,9 +26,17 @@ def main(argv=None) -> int:
         return 2
     try:
         return args.run(args)
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
-        print(f"xpconv {args.command}: error: {exc}", file=sys.stderr)
+    except EXPECTED_ERRORS as exc:
+        print(f"xpconv {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"xpconv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (its type's name if it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +96,8 @@ def _train(args) -> int:
     from .datasets import DatasetUnavailableError, load_dataset
     from .devices import device
 
+    if args.save:
+        _check_save_path(args.save)     # before any data is loaded or a step is run
     dev = device(args.device)
     name = args.data or "mnist"
     try:
@@ -94,7 +112,7 @@ def _train(args) -> int:
         (x_train, t_train), (x_test, t_test) = load_dataset(name)
     if args.limit:
         x_train, t_train, x_test, t_test = (a[:args.limit] for a in (x_train, t_train, x_test, t_test))
-    classes = int(max(t_train.max(), t_test.max())) + 1
+    classes = _class_count(name, t_train, t_test)
     input_dim = tuple(x_train.shape[1:])
     model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]
     kwargs = dict(input_dim=input_dim, output_size=classes, device=dev, dtype=args.dtype, seed=args.seed)
@@ -106,7 +124,10 @@ def _train(args) -> int:
                       mini_batch_size=args.batch_size, optimizer=args.optimizer,
                       optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed)
     start = time.perf_counter()
-    trainer.train()
+    with warnings.catch_warnings():   # a diverging step's overflow: TrainingDiverged says it in one line
+        warnings.filterwarnings("ignore", "(overflow|invalid value|divide by zero) encountered",
+                                RuntimeWarning)
+        trainer.train()
     total = time.perf_counter() - start
     per_epoch = sorted(trainer.epoch_seconds)[len(trainer.epoch_seconds) // 2]
     print(f"summary: test accuracy {trainer.test_acc:.4f} on {len(x_test)} images ({name}); "
@@ -137,6 +158,43 @@ def _bench(args) -> int:
             from bench.run import main as bench_main
             return bench_main(args.rest) or 0
     raise RuntimeError("xpconv bench: bench/run.py not found; run it from a source checkout of xpconv")
+
+
+def _check_save_path(path) -> None:
+    """``--save PATH`` must be writable: its folder exists and takes a new file, PATH is no folder."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"--save {path}: is a folder; give a file name, e.g. {target / 'params.npz'}")
+    if not folder.is_dir():
+        raise ValueError(f"--save {path}: the folder {folder} does not exist (nothing was trained); "
+                         f"create it first")
+    try:   # the only sure test (permissions, read-only file systems): write a file there
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".xpconv-write-test-")
+    except OSError as exc:
+        raise ValueError(f"--save {path}: cannot write in the folder {folder} ({exc.strerror or exc}); "
+                         f"nothing was trained") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _class_count(name, t_train, t_test) -> int:
+    """K = largest label + 1, for labels 0..K-1; refused when K is huge, labels are sparse or
+    there is a single class (before a K-way output layer is allocated)."""
+    import numpy
+    used = numpy.unique(numpy.concatenate([numpy.asarray(t_train), numpy.asarray(t_test)]))
+    classes = int(used[-1]) + 1
+    fix = "renumber the labels 0..K-1 (e.g. numpy.unique(t, return_inverse=True))"
+    if classes > MAX_CLASSES:
+        raise ValueError(f"data {name}: the largest label is {classes - 1}, which would need {classes} output "
+                         f"classes; xpconv train takes labels 0..K-1 with K <= {MAX_CLASSES:,}: {fix}")
+    if classes > 10 and 2 * len(used) < classes:
+        raise ValueError(f"data {name}: labels are not dense: {len(used)} distinct labels but the largest is "
+                         f"{classes - 1} ({classes} output classes); {fix}")
+    if len(numpy.unique(numpy.asarray(t_train))) < 2:
+        raise ValueError(f"data {name}: every training label is {int(t_train[0])}, a single class: "
+                         f"nothing to learn; use data with at least 2 classes")
+    return classes
 
 
 # --------------------------------------------------------------------------- argument types

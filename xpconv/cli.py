@@ -1,4 +1,4 @@
-"""The ``xpconv`` command: devices, train, filters, bench."""
+"""The ``xpconv`` command: devices, train, filters, selftest, bench."""
 from __future__ import annotations
 
 import argparse
@@ -72,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("params", metavar="PARAMS", help="file written by --save / save_params")
     f.add_argument("--out", default="filters.png", help="image to write (default: filters.png)")
     f.set_defaults(run=_filters)
+
+    s = sub.add_parser("selftest", help="check every op and a training step on a device against NumPy",
+                       description="Check every op (conv2d, pooling, im2col/col2im, forward and backward) "
+                                   "and a SimpleConvNet gradient step on a device against NumPy float64, "
+                                   "time a training step, and print a report (exit code 0: all passed). "
+                                   "Attach the --json file to a bug report.")
+    s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, torch:cuda, jax, ...")
+    s.add_argument("--dtype", choices=("float32", "float64", "float16"), default="float32",
+                   help="dtype on the device (default: float32)")
+    s.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    s.add_argument("--batch-size", type=_positive_int, default=100,
+                   help="batch of the timed training step (default: 100)")
+    s.add_argument("--repeat", type=_positive_int, default=10, help="timed steps (default: 10)")
+    s.add_argument("--warmup", type=_non_negative_int, default=2,
+                   help="untimed steps before them (default: 2)")
+    s.set_defaults(run=_selftest)
 
     b = sub.add_parser("bench", help="run bench/run.py (from a source checkout)", add_help=False)
     b.add_argument("rest", nargs=argparse.REMAINDER)
@@ -151,6 +167,19 @@ def _filters(args) -> int:
     return 0
 
 
+def _selftest(args) -> int:
+    from .selftest import run
+    if args.json:
+        _check_save_path(args.json, option="--json")
+    report = run(args.device, dtype=args.dtype, batch_size=args.batch_size, repeat=args.repeat,
+                 warmup=args.warmup)
+    print(report.format())
+    if args.json:
+        report.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0 if report.passed else 1
+
+
 def _bench(args) -> int:
     for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
         if (root / "bench" / "run.py").is_file():
@@ -160,20 +189,19 @@ def _bench(args) -> int:
     raise RuntimeError("xpconv bench: bench/run.py not found; run it from a source checkout of xpconv")
 
 
-def _check_save_path(path) -> None:
-    """``--save PATH`` must be writable: its folder exists and takes a new file, PATH is no folder."""
+def _check_save_path(path, option="--save") -> None:
+    """``PATH`` of ``--save`` must be writable: its folder exists and takes a new file, PATH is no folder."""
     target = Path(path)
     folder = target.parent
     if target.is_dir():
-        raise ValueError(f"--save {path}: is a folder; give a file name, e.g. {target / 'params.npz'}")
+        raise ValueError(f"{option} {path}: is a folder; give the name of a file in it")
     if not folder.is_dir():
-        raise ValueError(f"--save {path}: the folder {folder} does not exist (nothing was trained); "
-                         f"create it first")
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist; create it first")
     try:   # the only sure test (permissions, read-only file systems): write a file there
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".xpconv-write-test-")
     except OSError as exc:
-        raise ValueError(f"--save {path}: cannot write in the folder {folder} ({exc.strerror or exc}); "
-                         f"nothing was trained") from None
+        raise ValueError(f"{option} {path}: cannot write in the folder {folder} "
+                         f"({exc.strerror or exc})") from None
     os.close(fd)
     os.unlink(probe)
 
@@ -203,6 +231,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text}")
     return value
 
 

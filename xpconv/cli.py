@@ -113,7 +113,7 @@ def _train(args) -> int:
     from .devices import device
 
     if args.save:
-        _check_save_path(args.save)     # before any data is loaded or a step is run
+        _check_writable(args.save)     # before any data is loaded or a step is run
     dev = device(args.device)
     name = args.data or "mnist"
     try:
@@ -170,7 +170,7 @@ def _filters(args) -> int:
 def _selftest(args) -> int:
     from .selftest import run
     if args.json:
-        _check_save_path(args.json, option="--json")
+        _check_writable(args.json, option="--json")
     report = run(args.device, dtype=args.dtype, batch_size=args.batch_size, repeat=args.repeat,
                  warmup=args.warmup)
     print(report.format())
@@ -189,8 +189,8 @@ def _bench(args) -> int:
     raise RuntimeError("xpconv bench: bench/run.py not found; run it from a source checkout of xpconv")
 
 
-def _check_save_path(path, option="--save") -> None:
-    """``PATH`` of ``--save`` must be writable: its folder exists and takes a new file, PATH is no folder."""
+def _check_writable(path, option="--save") -> None:
+    """Output ``path`` of --save or --json: its folder exists and takes a new file; not a folder."""
     target = Path(path)
     folder = target.parent
     if target.is_dir():

@@ -565,7 +565,7 @@ def test_bad_workspace_env_var_warns_and_uses_the_default(value):
     assert result.stdout.strip() == default
     warning = [line for line in result.stderr.splitlines() if "XPCONV_WORKSPACE_MB" in line]
     assert warning, result.stderr
-    assert repr(value) in warning[0] and "using the default workspace limit of" in warning[0]
+    assert repr(value) in warning[0] and "using the default workspace limit" in warning[0]
 
 
 @pytest.mark.parametrize("value, nbytes", [("16", 16 * 2**20), ("0.5", 2**19), (" 2 ", 2 * 2**20)])

@@ -20,7 +20,7 @@ _DEFAULT_BYTES = 8 * 2**20
 ENV_VAR = "XPCONV_WORKSPACE_MB"
 
 
-def _limit_from_env(default: int) -> int:
+def _limit_from_env(default):
     """``XPCONV_WORKSPACE_MB`` (MiB, a finite number > 0) in bytes, else ``default``.
 
     A bad value never stops ``import xpconv``: it is ignored with a warning.
@@ -33,8 +33,9 @@ def _limit_from_env(default: int) -> int:
     except ValueError:
         nbytes = math.nan
     if not math.isfinite(nbytes) or nbytes < 1:
+        size = f" of {default / 2**20:g} MiB" if isinstance(default, int) else ""
         warnings.warn(f"{ENV_VAR}={text!r} is not a number of MiB > 0; ignoring it and using the "
-                      f"default workspace limit of {default / 2**20:g} MiB", RuntimeWarning, stacklevel=2)
+                      f"default workspace limit{size}", RuntimeWarning, stacklevel=2)
         return default
     return int(nbytes)
 

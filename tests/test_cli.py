@@ -1,6 +1,7 @@
 """The command line, end to end on a tiny budget."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -85,3 +86,135 @@ def test_errors_are_reported_not_raised(capsys, tmp_path):
 def test_console_script_runs():
     result = subprocess.run([sys.executable, "-m", "xpconv.cli", "devices"], capture_output=True, text=True)
     assert result.returncode == 0 and "cpu" in result.stdout
+
+
+# ----------------------------------------------------------------------------- expected failures:
+# one line on stderr, no traceback, exit code 1
+
+def one_line_error(capsys, code, *needles):
+    captured = capsys.readouterr()
+    assert code == 1, captured
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("xpconv train: error: "), captured.err
+    assert "Traceback" not in captured.err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+@pytest.fixture
+def npz_with(tmp_path):
+    """Write an .npz of 40 tiny 1x8x8 images with the given labels (and optionally NaN images)."""
+    def make(t, nan=False):
+        rng = np.random.default_rng(0)
+        x = rng.random((len(t), 1, 8, 8)).astype("float32")
+        if nan:
+            x[:] = np.nan
+        path = tmp_path / "data.npz"
+        np.savez(path, x=x, t=np.asarray(t))
+        return str(path)
+    return make
+
+
+TRAIN = ["train", "--epochs", "1", "--batch-size", "10", "--device", "cpu", "--quiet"]
+
+
+def test_divergence_is_one_line(tiny_npz, capsys):
+    code = cli.main([*TRAIN, "--data", str(tiny_npz), "--limit", "100", "--optimizer", "SGD",
+                     "--lr", "1e30", "--seed", "0"])
+    one_line_error(capsys, code, "loss became", "learning rate")
+
+
+def test_divergence_in_a_fresh_process_prints_exactly_one_line(tiny_npz):
+    """No traceback and no overflow warnings on the real stderr, only the error line."""
+    result = subprocess.run([sys.executable, "-m", "xpconv.cli", *TRAIN, "--data", str(tiny_npz),
+                             "--limit", "100", "--optimizer", "SGD", "--lr", "1e30"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert result.stderr.startswith("xpconv train: error: Trainer: the loss became")
+
+
+def test_nan_in_the_data_is_one_line(npz_with, capsys):
+    code = cli.main([*TRAIN, "--data", npz_with(np.arange(40) % 2, nan=True)])
+    one_line_error(capsys, code, "loss became nan")
+
+
+@pytest.mark.parametrize("top", [10**8, 10**4])
+def test_huge_labels_are_refused_before_building_the_network(npz_with, capsys, monkeypatch, top):
+    def no_network(*args, **kwargs):
+        raise AssertionError("a network was built")
+
+    monkeypatch.setattr(xpconv, "SimpleConvNet", no_network)
+    t = np.arange(40) % 2
+    t[-1] = top
+    code = cli.main([*TRAIN, "--data", npz_with(t)])
+    one_line_error(capsys, code, f"largest label is {top}", "K <= 10,000", "renumber")
+
+
+def test_sparse_labels_are_refused(npz_with, capsys):
+    code = cli.main([*TRAIN, "--data", npz_with(np.arange(40) % 2 * 500)])
+    one_line_error(capsys, code, "labels are not dense", "2 distinct labels", "501 output classes")
+
+
+def test_single_class_is_refused(npz_with, capsys):
+    code = cli.main([*TRAIN, "--data", npz_with(np.full(40, 3))])
+    one_line_error(capsys, code, "single class")
+
+
+def test_labels_with_a_few_gaps_train(npz_with, capsys):
+    t = np.arange(40) % 4 * 2                   # 0, 2, 4, 6: 7 classes, 4 used (e.g. a --limit subset)
+    assert cli.main([*TRAIN, "--data", npz_with(t)]) == 0, capsys.readouterr().err
+
+
+def _no_training(monkeypatch):
+    def no_train(self):
+        raise AssertionError("training ran before the save path was checked")
+    monkeypatch.setattr(xpconv.Trainer, "train", no_train)
+
+
+def test_save_into_a_missing_folder_fails_before_training(tiny_npz, tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
+    target = tmp_path / "missing" / "model.npz"
+    code = cli.main([*TRAIN, "--data", str(tiny_npz), "--save", str(target)])
+    line = one_line_error(capsys, code, "does not exist", str(target.parent))
+    assert ".tmp" not in line and not target.parent.exists()
+
+
+def test_save_onto_a_folder_fails_before_training(tiny_npz, tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
+    code = cli.main([*TRAIN, "--data", str(tiny_npz), "--save", str(tmp_path)])
+    one_line_error(capsys, code, "is a folder")
+
+
+def test_save_under_a_file_fails_before_training(tiny_npz, tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
+    (tmp_path / "plain").write_text("not a folder")
+    code = cli.main([*TRAIN, "--data", str(tiny_npz), "--save", str(tmp_path / "plain" / "model.npz")])
+    one_line_error(capsys, code, "does not exist")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0,
+                    reason="root writes into read-only folders: needs an unprivileged user")
+def test_save_into_a_read_only_folder_fails_before_training(tiny_npz, tmp_path, capsys, monkeypatch):
+    _no_training(monkeypatch)
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        code = cli.main([*TRAIN, "--data", str(tiny_npz), "--save", str(folder / "model.npz")])
+    finally:
+        folder.chmod(0o700)
+    one_line_error(capsys, code, "cannot write in the folder")
+    assert list(folder.iterdir()) == []
+
+
+def test_save_path_check_leaves_nothing_behind(tiny_npz, tmp_path, capsys):
+    target = tmp_path / "model.npz"
+    assert cli.main([*TRAIN, "--data", str(tiny_npz), "--limit", "60", "--save", str(target)]) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+def test_missing_data_file_is_one_line(tmp_path, capsys):
+    code = cli.main([*TRAIN, "--data", str(tmp_path / "nothing.npz")])
+    one_line_error(capsys, code)

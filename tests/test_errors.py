@@ -1,7 +1,11 @@
 """Bad inputs: each raises the right exception type, naming the op or layer and the bad value."""
 from __future__ import annotations
 
+import os
+import pathlib
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -224,9 +228,9 @@ def test_pooling_pad_more_than_half_kernel(pad):
 
 
 def test_pooling_layer_pad_more_than_half_kernel():
-    layer = xpconv.Pooling(2, 2, pad=2)  # 6 + 4 - 2 tiles with stride 2: only the pad is wrong
+    # refused at construction (the kernel is known), not at the first forward
     with pytest.raises(ValueError, match=r"Pooling: pooling padding must be at most half .*got \(2, 2\)"):
-        layer.forward(ones(1, 1, 6, 6))
+        xpconv.Pooling(2, 2, pad=2)
 
 
 @pytest.mark.parametrize("mode", ["min", "MAX", None])
@@ -413,3 +417,222 @@ def test_model_parameters_on_two_libraries_name_both_libraries():
     with pytest.raises(ValueError, match=r"Sequential: parameter 'b.W' is on torch:cpu but the first "
                                          r"parameter, 'a.W', is on cpu \(numpy\)"):
         xpconv.Sequential(layers)
+
+
+# ----------------------------------------------------------------------------- layer constructors
+
+@pytest.mark.parametrize("groups", [np.int64(1), np.int32(1), np.uint8(1)], ids=["int64", "int32", "uint8"])
+def test_convolution_layer_accepts_numpy_integer_groups(groups):
+    layer = xpconv.Convolution(W, B, groups=groups)
+    assert layer.groups == 1 and type(layer.groups) is int
+    assert layer.forward(X).shape == (2, 4, 5, 5)
+
+
+def test_convolution_layer_numpy_integer_groups_depthwise():
+    layer = xpconv.Convolution(ones(3, 1, 3, 3), ones(3), groups=np.int64(3))
+    np.testing.assert_allclose(layer.forward(X), F.conv2d(X, ones(3, 1, 3, 3), ones(3), groups=3))
+
+
+@pytest.mark.parametrize("groups", [1.0, True, "1", None], ids=["float", "bool", "str", "None"])
+def test_convolution_layer_groups_not_int(groups):
+    with pytest.raises(TypeError, match=r"Convolution: expected groups to be an int; got " + esc(repr(groups))):
+        xpconv.Convolution(W, B, groups=groups)
+
+
+@pytest.mark.parametrize("pad, error", [(-1, ValueError), ((1, 2, 3), TypeError), (1.5, TypeError),
+                                        ("bogus", ValueError), (None, TypeError)],
+                         ids=["negative", "triple", "float", "word", "None"])
+def test_convolution_layer_pad_checked_at_construction(pad, error):
+    with pytest.raises(error, match=r"Convolution: expected pad"):
+        xpconv.Convolution(W, B, pad=pad)
+
+
+@pytest.mark.parametrize("pad, error", [(-1, ValueError), (((0, 0), (0, 1, 2)), TypeError),
+                                        ("bogus", ValueError)], ids=["negative", "malformed", "word"])
+def test_pooling_layer_pad_checked_at_construction(pad, error):
+    with pytest.raises(error, match=r"Pooling: expected pad"):
+        xpconv.Pooling(3, 3, pad=pad)
+
+
+@pytest.mark.parametrize("flag", ["False", "yes", 1, 0, None, np.bool_(True)],
+                         ids=["str-False", "str-yes", "1", "0", "None", "numpy-bool"])
+def test_convolution_layer_input_grad_must_be_bool(flag):
+    with pytest.raises(TypeError, match=r"Convolution: expected input_grad to be True or False; got "
+                                        + esc(repr(flag))):
+        xpconv.Convolution(W, B, input_grad=flag)
+
+
+@pytest.mark.parametrize("flag", ["False", 1, None], ids=["str-False", "1", "None"])
+def test_pooling_layer_count_include_pad_must_be_bool(flag):
+    with pytest.raises(TypeError, match=r"Pooling: expected count_include_pad to be True or False; got "
+                                        + esc(repr(flag))):
+        xpconv.Pooling(2, 2, mode="avg", count_include_pad=flag)
+
+
+@pytest.mark.parametrize("ratio", [np.float32(0.25), np.float64(0.25), 0, 1])
+def test_dropout_accepts_real_numbers(ratio):
+    assert xpconv.Dropout(ratio, seed=0).dropout_ratio == float(ratio)
+
+
+@pytest.mark.parametrize("ratio", [float("nan"), -0.1, 1.5, True, "0.5", None])
+def test_dropout_ratio_refused(ratio):
+    with pytest.raises(ValueError, match=r"Dropout: expected dropout_ratio in \[0, 1\]"):
+        xpconv.Dropout(ratio, seed=0)
+
+
+# ----------------------------------------------------------------------------- model constructors
+
+MODELS = [xpconv.SimpleConvNet, xpconv.DeepConvNet, xpconv.LeNet]
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("input_dim", [(28, 28), (1, 28, 28, 1), 28, "1x28x28"],
+                         ids=["HW", "4-D", "int", "str"])
+def test_model_input_dim_must_be_CHW(model, input_dim):
+    with pytest.raises(ValueError, match=model.__name__ + r": expected input_dim \(C, H, W\) of one image.*"
+                                         + esc(repr(input_dim))):
+        model(input_dim=input_dim, seed=0)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("input_dim, error", [((0, 28, 28), ValueError), ((1, 28.0, 28), TypeError)],
+                         ids=["zero-channels", "float-H"])
+def test_model_input_dim_entries_checked(model, input_dim, error):
+    with pytest.raises(error, match=model.__name__ + r": expected input_dim\[\d\]"):
+        model(input_dim=input_dim, seed=0)
+
+
+def test_model_input_dim_accepts_numpy_integers():
+    net = xpconv.SimpleConvNet(input_dim=tuple(np.array([1, 8, 8])), conv_param={"filter_size": 3},
+                               hidden_size=4, output_size=np.int64(3), seed=0)
+    assert net.predict(np.zeros((2, 1, 8, 8))).shape == (2, 3)
+
+
+@pytest.mark.parametrize("std", [float("nan"), float("inf"), -0.01, 0.0, True, "kaiming", None, np.nan],
+                         ids=["nan", "inf", "negative", "zero", "bool", "unknown-word", "None", "np.nan"])
+def test_simple_convnet_weight_init_std_refused(std):
+    with pytest.raises(ValueError, match=r"SimpleConvNet: expected weight_init_std to be a finite number > 0, "
+                                         r"'he' or 'xavier'; got " + esc(repr(std))):
+        xpconv.SimpleConvNet(weight_init_std=std, seed=0)
+
+
+@pytest.mark.parametrize("std", [0.01, np.float32(0.01), "he", "Xavier", 1])
+def test_simple_convnet_weight_init_std_accepted(std):
+    net = xpconv.SimpleConvNet(input_dim=(1, 8, 8), hidden_size=4, weight_init_std=std, seed=0)
+    assert all(np.isfinite(xpconv.to_numpy(net.params[k])).all() for k in net.params)
+
+
+def test_simple_convnet_unknown_conv_param_key():
+    with pytest.raises(ValueError, match=r"SimpleConvNet: unknown conv_param key\(s\) \['filter_nums'\]"):
+        xpconv.SimpleConvNet(conv_param={"filter_nums": 8}, seed=0)
+
+
+@pytest.mark.parametrize("key, value, error", [("filter_num", 0, ValueError), ("filter_size", 2.5, TypeError)])
+def test_simple_convnet_conv_param_values(key, value, error):
+    with pytest.raises(error, match=rf"SimpleConvNet: expected conv_param\['{key}'\]"):
+        xpconv.SimpleConvNet(conv_param={key: value}, seed=0)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("size", [0, -3, 2.0, None], ids=["0", "negative", "float", "None"])
+def test_model_output_size_checked(model, size):
+    with pytest.raises((ValueError, TypeError), match=model.__name__ + r": expected output_size"):
+        model(output_size=size, seed=0)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+def test_model_dtype_must_be_floating(model):
+    with pytest.raises(ValueError, match=model.__name__ + r": expected dtype in .*float32.*got 'int32'"):
+        model(dtype="int32", seed=0)
+
+
+@pytest.mark.parametrize("model", MODELS, ids=lambda m: m.__name__)
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"], ids=["negative", "float", "str"])
+def test_model_seed_checked(model, seed):
+    with pytest.raises((ValueError, TypeError), match=model.__name__ + r": expected seed"):
+        model(seed=seed)
+
+
+def test_deep_convnet_conv_params_checked():
+    with pytest.raises(TypeError, match=r"DeepConvNet: expected conv_params to be a non-empty list"):
+        xpconv.DeepConvNet(conv_params=[], seed=0)
+    with pytest.raises(ValueError, match=r"DeepConvNet: conv_params\[0\] needs the key\(s\) \['filter_num'\]"):
+        xpconv.DeepConvNet(conv_params=[{"filter_size": 3}], seed=0)
+    with pytest.raises(ValueError, match=r"DeepConvNet: unknown conv_params\[1\] key"):
+        xpconv.DeepConvNet(conv_params=[{"filter_num": 4, "filter_size": 3}, {"filter_num": 4, "size": 3}], seed=0)
+
+
+def test_lenet_pool_checked():
+    with pytest.raises(ValueError, match=r"LeNet: expected pool 'max' or 'avg'; got 'min'"):
+        xpconv.LeNet(pool="min", seed=0)
+
+
+# ----------------------------------------------------------------------------- environment
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _import_with_env(value):
+    env = {**os.environ, "XPCONV_WORKSPACE_MB": value}
+    code = "import xpconv; print(xpconv.get_workspace_limit())"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("value", ["abc", "nan", "inf", "-inf", "-4", "0", "1e-9", "8 MiB"])
+def test_bad_workspace_env_var_warns_and_uses_the_default(value):
+    default = _import_with_env("").stdout.strip()   # empty: the default
+    result = _import_with_env(value)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == default
+    warning = [line for line in result.stderr.splitlines() if "XPCONV_WORKSPACE_MB" in line]
+    assert warning, result.stderr
+    assert repr(value) in warning[0] and "using the default workspace limit" in warning[0]
+
+
+@pytest.mark.parametrize("value, nbytes", [("16", 16 * 2**20), ("0.5", 2**19), (" 2 ", 2 * 2**20)])
+def test_workspace_env_var_sets_the_limit(value, nbytes):
+    result = _import_with_env(value)
+    assert result.returncode == 0 and result.stdout.strip() == str(nbytes), result.stderr
+    assert "XPCONV_WORKSPACE_MB" not in result.stderr
+
+
+# ----------------------------------------------------------------------------- host input of any layout
+
+TINY_NET = dict(input_dim=(1, 6, 6), conv_param={"filter_num": 2, "filter_size": 3}, hidden_size=4,
+                output_size=3, dtype="float64", seed=0)
+
+ODD_LAYOUTS = {
+    "negative-strides": lambda a: np.ascontiguousarray(a[::-1, :, :, ::-1])[::-1, :, :, ::-1],
+    "big-endian": lambda a: a.astype(">f8"),
+    "big-endian-negative-strides": lambda a: np.ascontiguousarray(a[::-1]).astype(">f8")[::-1],
+    "big-endian-float32": lambda a: a.astype(">f4"),
+    "fortran": np.asfortranarray,
+}
+
+
+@pytest.mark.parametrize("layout", ODD_LAYOUTS)
+def test_models_accept_host_input_of_any_layout(backend, layout, rng):
+    x = rng.standard_normal((3, 1, 6, 6))
+    odd = ODD_LAYOUTS[layout](x)
+    assert np.array_equal(odd, x.astype(odd.dtype))
+    if "negative" in layout:
+        assert min(odd.strides) < 0
+    if "big-endian" in layout:
+        assert not odd.dtype.isnative
+    expected = xpconv.SimpleConvNet(**TINY_NET).predict(x.astype(odd.dtype).astype("float64"))
+    net = xpconv.SimpleConvNet(**TINY_NET, device=backend)
+    np.testing.assert_allclose(xpconv.to_numpy(net.predict(odd)), expected, rtol=1e-12)
+    moved = backend.asarray(odd)
+    np.testing.assert_array_equal(xpconv.to_numpy(moved), odd)
+    assert xpconv.to_numpy(moved).dtype.isnative
+
+
+@pytest.mark.parametrize("dtype", ["complex64", "complex128"])
+def test_complex_host_input_is_refused_not_truncated(backend, dtype):
+    x = (np.ones((2, 1, 6, 6)) + 1j).astype(dtype)
+    net = xpconv.SimpleConvNet(**TINY_NET, device=backend)
+    with pytest.raises(TypeError, match=r"asarray: got complex data .*drop the imaginary part"):
+        net.predict(x)
+    with pytest.raises(TypeError, match=r"asarray: got complex data"):
+        backend.asarray(x, dtype="float32")

@@ -4,6 +4,8 @@ Every message names who raised it, what was expected and what was given.
 """
 from __future__ import annotations
 
+import operator
+
 from array_api_compat import array_namespace, device, is_array_api_obj
 
 from .devices import is_host_numpy
@@ -124,3 +126,24 @@ def check_labels(who: str, t, n: int, k: "int | None" = None, *, name: str = "t"
             raise ValueError(f"{who}: expected class labels {name} in {span}; "
                              f"got values in {low}..{high}")
     return t
+
+
+def check_flag(who: str, name: str, value) -> None:
+    """``value`` must be a real bool (a truthy string such as "False" is refused)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{who}: expected {name} to be True or False; "
+                        f"got {value!r} ({type(value).__name__})")
+
+
+def as_index(who: str, name: str, value, *, minimum: int) -> int:
+    """An integer (Python int or NumPy integer scalar, not bool) >= ``minimum``, as an int."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        index = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{who}: expected {name} to be an int; got {value!r} "
+                        f"({type(value).__name__})") from None
+    if index < minimum:
+        raise ValueError(f"{who}: expected {name} >= {minimum}; got {index}")
+    return index

@@ -150,6 +150,24 @@ def pair(who: str, name: str, value, *, minimum: int) -> tuple[int, int]:
     return items
 
 
+def check_pad(who: str, pad, *, pool_kernel=None) -> None:
+    """Validate a pad option without an input (for layer constructors).
+
+    ``pool_kernel=(kh, kw)`` adds pooling's rule: explicit padding at most half the kernel.
+    """
+    if isinstance(pad, str):
+        if pad not in PAD_WORDS:
+            raise ValueError(f"{who}: expected pad to be an int, (ph, pw), ((top, bottom), "
+                             f"(left, right)) or one of {PAD_WORDS}; got {pad!r}")
+        return
+    pads = _pads(who, pad)
+    if pool_kernel is not None:
+        for (p0, p1), k, name in zip(pads, pool_kernel, ("height", "width")):
+            if max(p0, p1) > k // 2:
+                raise ValueError(f"{who}: pooling padding must be at most half the kernel "
+                                 f"({name}: kernel {k}, so pad <= {k // 2}); got ({p0}, {p1})")
+
+
 def _pads(who: str, pad) -> tuple[tuple[int, int], tuple[int, int]]:
     """int | (ph, pw) | ((top, bottom), (left, right)) -> ((top, bottom), (left, right))."""
     if _is_int(pad):
@@ -216,4 +234,4 @@ def conv_out_size(size: int, k: int, s: int = 1, p: int = 0, d: int = 1) -> int:
     return (size + 2 * p - d * (k - 1) - 1) // s + 1
 
 
-__all__ = ["Axis", "Window2d", "window2d", "pair", "conv_out_size"]
+__all__ = ["Axis", "Window2d", "window2d", "pair", "check_pad", "conv_out_size"]

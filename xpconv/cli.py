@@ -1,13 +1,21 @@
-"""The ``xpconv`` command: devices, train, filters, convert, bench."""
+"""The ``xpconv`` command: devices, train, filters, convert, selftest, bench."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import time
+import warnings
 from pathlib import Path
 
 MODELS = ("simple", "deep", "lenet")
 OPTIMIZERS = ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+MAX_CLASSES = 10_000   # labels must be 0..K-1 with K at most this (the output layer has K units)
+
+# Failures a user can cause and fix (bad option, file, data, divergence): one line, exit 1.
+# FloatingPointError covers xpconv.TrainingDiverged.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)
 
 
 def main(argv=None) -> int:
@@ -25,11 +33,19 @@ def main(argv=None) -> int:
         return args.run(args)
     except TrainingDiverged as exc:   # with --distributed, every rank stops at the same step
         if _is_root():
-            print(f"xpconv {args.command}: error: {exc}", file=sys.stderr)
+            print(f"xpconv {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, OSError, RuntimeError) as exc:
-        _fail_on_this_rank(f"xpconv {args.command}: error: {exc}")
+    except EXPECTED_ERRORS as exc:
+        _fail_on_this_rank(f"xpconv {args.command}: error: {_one_line(exc)}")
         return 1
+    except KeyboardInterrupt:
+        print(f"xpconv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (its type's name if it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -80,6 +96,22 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("target", metavar="TARGET", help="the .npz to write (written atomically)")
     c.set_defaults(run=_convert)
 
+    s = sub.add_parser("selftest", help="check every op and a training step on a device against NumPy",
+                       description="Check every op (conv2d, pooling, im2col/col2im, forward and backward) "
+                                   "and a SimpleConvNet gradient step on a device against NumPy float64, "
+                                   "time a training step, and print a report (exit code 0: all passed). "
+                                   "Attach the --json file to a bug report.")
+    s.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, torch:cuda, jax, ...")
+    s.add_argument("--dtype", choices=("float32", "float64", "float16"), default="float32",
+                   help="dtype on the device (default: float32)")
+    s.add_argument("--json", metavar="PATH", help="also write the report as JSON here")
+    s.add_argument("--batch-size", type=_positive_int, default=100,
+                   help="batch of the timed training step (default: 100)")
+    s.add_argument("--repeat", type=_positive_int, default=10, help="timed steps (default: 10)")
+    s.add_argument("--warmup", type=_non_negative_int, default=2,
+                   help="untimed steps before them (default: 2)")
+    s.set_defaults(run=_selftest)
+
     b = sub.add_parser("bench", help="benchmark xpconv against the textbook NumPy code and PyTorch "
                                      "(xpconv bench --help)", add_help=False)
     b.set_defaults(run=_bench)  # its options are parsed by xpconv.bench.cli
@@ -103,6 +135,8 @@ def _train(args) -> int:
     from .datasets import DatasetUnavailableError, load_dataset
     from .devices import device
 
+    if args.save:
+        _check_writable(args.save)     # before any data is loaded or a step is run
     comm = None
     if args.distributed:
         from .distributed import init
@@ -133,7 +167,7 @@ def _train(args) -> int:
             (x_train, t_train), (x_test, t_test) = load_dataset(name)
     if args.limit:
         x_train, t_train, x_test, t_test = (a[:args.limit] for a in (x_train, t_train, x_test, t_test))
-    classes = int(max(t_train.max(), t_test.max())) + 1
+    classes = _class_count(name, t_train, t_test)
     input_dim = tuple(x_train.shape[1:])
     model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]
     kwargs = dict(input_dim=input_dim, output_size=classes, device=dev, dtype=args.dtype, seed=args.seed)
@@ -148,7 +182,10 @@ def _train(args) -> int:
                       optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed,
                       comm=comm)
     start = time.perf_counter()
-    trainer.train()
+    with warnings.catch_warnings():   # a diverging step's overflow: TrainingDiverged says it in one line
+        warnings.filterwarnings("ignore", "(overflow|invalid value|divide by zero) encountered",
+                                RuntimeWarning)
+        trainer.train()
     total = time.perf_counter() - start
     per_epoch = sorted(trainer.epoch_seconds)[len(trainer.epoch_seconds) // 2]
     on = f"{dev}" if comm is None else f"{comm.size} ranks ({dev} on rank 0)"
@@ -210,9 +247,58 @@ def _convert(args) -> int:
     return 0
 
 
+def _selftest(args) -> int:
+    from .selftest import run
+    if args.json:
+        _check_writable(args.json, option="--json")
+    report = run(args.device, dtype=args.dtype, batch_size=args.batch_size, repeat=args.repeat,
+                 warmup=args.warmup)
+    print(report.format())
+    if args.json:
+        report.write_json(args.json)
+        print(f"wrote {args.json}")
+    return 0 if report.passed else 1
+
+
 def _bench(args) -> int:
     from .bench.cli import main as bench_main
     return bench_main(args.bench_argv, prog="xpconv bench")
+
+
+def _check_writable(path, option="--save") -> None:
+    """Output ``path`` of --save or --json: its folder exists and takes a new file; not a folder."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give the name of a file in it")
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist; create it first")
+    try:   # the only sure test (permissions, read-only file systems): write a file there
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".xpconv-write-test-")
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write in the folder {folder} "
+                         f"({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _class_count(name, t_train, t_test) -> int:
+    """K = largest label + 1, for labels 0..K-1; refused when K is huge, labels are sparse or
+    there is a single class (before a K-way output layer is allocated)."""
+    import numpy
+    used = numpy.unique(numpy.concatenate([numpy.asarray(t_train), numpy.asarray(t_test)]))
+    classes = int(used[-1]) + 1
+    fix = "renumber the labels 0..K-1 (e.g. numpy.unique(t, return_inverse=True))"
+    if classes > MAX_CLASSES:
+        raise ValueError(f"data {name}: the largest label is {classes - 1}, which would need {classes} output "
+                         f"classes; xpconv train takes labels 0..K-1 with K <= {MAX_CLASSES:,}: {fix}")
+    if classes > 10 and 2 * len(used) < classes:
+        raise ValueError(f"data {name}: labels are not dense: {len(used)} distinct labels but the largest is "
+                         f"{classes - 1} ({classes} output classes); {fix}")
+    if len(numpy.unique(numpy.asarray(t_train))) < 2:
+        raise ValueError(f"data {name}: every training label is {int(t_train[0])}, a single class: "
+                         f"nothing to learn; use data with at least 2 classes")
+    return classes
 
 
 # --------------------------------------------------------------------------- argument types
@@ -221,6 +307,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text}")
     return value
 
 

@@ -63,6 +63,9 @@ class Device:
 
         ``dtype`` may be a dtype of this namespace or a name such as ``"float32"``.
         Arrays of another library are refused: convert them with :func:`to_numpy`.
+        Host NumPy data of any layout and byte order is accepted (copied to native
+        order and C layout where the library needs it); complex data is refused
+        for a real ``dtype`` rather than losing its imaginary part.
         """
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
@@ -70,6 +73,15 @@ class Device:
             raise TypeError(
                 f"{self}.asarray: got a {type(obj).__module__}.{type(obj).__name__}; "
                 f"move it to the host first with xpconv.to_numpy(x)")
+        if isinstance(obj, (numpy.ndarray, numpy.generic)):
+            if (obj.dtype.kind == "c" and dtype is not None
+                    and not self.xp.isdtype(dtype, "complex floating")):
+                raise TypeError(f"{self}.asarray: got complex data ({obj.dtype}) for the real dtype "
+                                f"{dtype}, which would drop the imaginary part; pass x.real or abs(x)")
+            if not obj.dtype.isnative:     # torch, JAX and array-api-strict refuse it
+                obj = obj.astype(obj.dtype.newbyteorder("="))
+            if self.library != "numpy" and any(s < 0 for s in obj.strides):   # torch refuses it
+                obj = numpy.ascontiguousarray(obj)
         with self.scope():
             if self.library == "cupy":  # CuPy allocates on the current GPU (the scope)
                 return self.xp.asarray(obj, dtype=dtype)

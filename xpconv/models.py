@@ -6,7 +6,9 @@ moved to the device once, so one seed gives the same network on every backend.
 from __future__ import annotations
 
 import math
+import numbers
 
+from ._checks import as_index
 from ._geometry import window2d
 from .devices import device as resolve_device, host_rng
 from .layers import Affine, Convolution, Dropout, Flatten, Pooling, Relu, Sigmoid
@@ -15,10 +17,18 @@ from .network import Sequential
 __all__ = ["SimpleConvNet", "DeepConvNet", "LeNet"]
 
 
+_FLOAT_NAMES = ("float16", "float32", "float64")
+_CONV_KEYS = ("filter_num", "filter_size", "pad", "stride")
+
+
 class _Init:
     """Draws weights on the host and puts them on the device with the model's dtype."""
 
-    def __init__(self, device, dtype, seed):
+    def __init__(self, who, device, dtype, seed):
+        if isinstance(dtype, str) and dtype not in _FLOAT_NAMES:
+            raise ValueError(f"{who}: expected dtype in {_FLOAT_NAMES}; got {dtype!r}")
+        if seed is not None:
+            as_index(who, "seed (None or an int >= 0)", seed, minimum=0)
         self.device = resolve_device(device)
         self.dtype = dtype
         self.rng = host_rng(seed)
@@ -30,14 +40,42 @@ class _Init:
         return self.device.zeros(shape, dtype=self.dtype)
 
 
-def _std(weight_init_std, fan_in):
-    """A number, or "he"/"relu" (sqrt(2/fan_in)) or "xavier"/"sigmoid" (sqrt(1/fan_in))."""
+def _std(who, weight_init_std, fan_in):
+    """A finite number > 0, or "he"/"relu" (sqrt(2/fan_in)) or "xavier"/"sigmoid" (sqrt(1/fan_in))."""
     if isinstance(weight_init_std, str):
         scale = {"he": 2.0, "relu": 2.0, "xavier": 1.0, "sigmoid": 1.0}.get(weight_init_std.lower())
-        if scale is None:
-            raise ValueError(f"weight_init_std: expected a number, 'he' or 'xavier'; got {weight_init_std!r}")
-        return math.sqrt(scale / fan_in)
-    return float(weight_init_std)
+        if scale is not None:
+            return math.sqrt(scale / fan_in)
+    elif (isinstance(weight_init_std, numbers.Real) and not isinstance(weight_init_std, bool)
+          and math.isfinite(weight_init_std) and weight_init_std > 0):
+        return float(weight_init_std)
+    raise ValueError(f"{who}: expected weight_init_std to be a finite number > 0, 'he' or 'xavier'; "
+                     f"got {weight_init_std!r}")
+
+
+def _input_dim(who, input_dim) -> tuple[int, int, int]:
+    """(C, H, W) of one image, three ints >= 1."""
+    if not isinstance(input_dim, (tuple, list)) or len(input_dim) != 3:
+        raise ValueError(f"{who}: expected input_dim (C, H, W) of one image, e.g. (1, 28, 28) for "
+                         f"MNIST; got {input_dim!r}")
+    return tuple(as_index(who, f"input_dim[{i}] ({name})", v, minimum=1)
+                 for i, (v, name) in enumerate(zip(input_dim, "CHW")))
+
+
+def _conv_param(who, param, name, defaults) -> dict:
+    """One conv layer's options: ``defaults`` updated by ``param``; unknown or missing keys refused."""
+    if not isinstance(param, dict):
+        raise TypeError(f"{who}: expected {name} to be a dict with keys {_CONV_KEYS}; got {param!r}")
+    unknown = sorted(set(param) - set(_CONV_KEYS))
+    if unknown:
+        raise ValueError(f"{who}: unknown {name} key(s) {unknown}; expected some of {_CONV_KEYS}")
+    param = {**defaults, **param}
+    missing = [key for key in _CONV_KEYS if key not in param]
+    if missing:
+        raise ValueError(f"{who}: {name} needs the key(s) {missing}; got {sorted(param)}")
+    for key in ("filter_num", "filter_size"):
+        param[key] = as_index(who, f"{name}[{key!r}]", param[key], minimum=1)
+    return param
 
 
 def _out_hw(who, hw, k, stride=1, pad=0, rounding="floor"):
@@ -77,15 +115,20 @@ class SimpleConvNet(Sequential):
                  conv_param={"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1},
                  hidden_size=100, output_size=10, weight_init_std=0.01, *,
                  device="cpu", dtype="float32", seed=None):
-        conv_param = {"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1, **conv_param}
+        who = type(self).__name__
+        C, H, W = _input_dim(who, input_dim)
+        conv_param = _conv_param(who, conv_param, "conv_param",
+                                 {"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1})
         fn, fs = conv_param["filter_num"], conv_param["filter_size"]
         pad, stride = conv_param["pad"], conv_param["stride"]
-        C, H, W = input_dim
+        hidden_size = as_index(who, "hidden_size", hidden_size, minimum=1)
+        output_size = as_index(who, "output_size", output_size, minimum=1)
+        _std(who, weight_init_std, 1)      # refuse a bad value before drawing anything
         oh, ow = _out_hw("SimpleConvNet conv", (H, W), fs, stride, pad)
         ph, pw = _out_hw("SimpleConvNet pool", (oh, ow), 2, 2)
         pool_output_size = fn * ph * pw
-        init = _Init(device, dtype, seed)
-        std = lambda fan_in: _std(weight_init_std, fan_in)  # noqa: E731
+        init = _Init(who, device, dtype, seed)
+        std = lambda fan_in: _std(who, weight_init_std, fan_in)  # noqa: E731
         W1 = init.normal((fn, C, fs, fs), std(C * fs * fs))
         W2 = init.normal((pool_output_size, hidden_size), std(pool_output_size))
         W3 = init.normal((hidden_size, output_size), std(hidden_size))
@@ -110,7 +153,7 @@ class DeepConvNet(Sequential):
 
     def __init__(self, input_dim=(1, 28, 28), conv_params=None, hidden_size=50, output_size=10,
                  dropout_ratio=0.5, *, device="cpu", dtype="float32", seed=None):
-        conv_params = conv_params or [
+        conv_params = conv_params if conv_params is not None else [
             {"filter_num": 16, "filter_size": 3, "pad": 1, "stride": 1},
             {"filter_num": 16, "filter_size": 3, "pad": 1, "stride": 1},
             {"filter_num": 32, "filter_size": 3, "pad": 1, "stride": 1},
@@ -118,8 +161,16 @@ class DeepConvNet(Sequential):
             {"filter_num": 64, "filter_size": 3, "pad": 1, "stride": 1},
             {"filter_num": 64, "filter_size": 3, "pad": 1, "stride": 1},
         ]
-        init = _Init(device, dtype, seed)
-        C, H, W = input_dim
+        who = type(self).__name__
+        C, H, W = _input_dim(who, input_dim)
+        if not isinstance(conv_params, (list, tuple)) or not conv_params:
+            raise TypeError(f"{who}: expected conv_params to be a non-empty list of dicts with keys "
+                            f"{_CONV_KEYS}; got {conv_params!r}")
+        conv_params = [_conv_param(who, p, f"conv_params[{i}]", {"pad": 0, "stride": 1})
+                       for i, p in enumerate(conv_params)]
+        hidden_size = as_index(who, "hidden_size", hidden_size, minimum=1)
+        output_size = as_index(who, "output_size", output_size, minimum=1)
+        init = _Init(who, device, dtype, seed)
         layers, names = [], {}
         for i, p in enumerate(conv_params, start=1):
             k = p["filter_size"]
@@ -158,11 +209,15 @@ class LeNet(Sequential):
 
     def __init__(self, input_dim=(1, 28, 28), output_size=10, activation="relu", pool="max", *,
                  device="cpu", dtype="float32", seed=None):
+        who = type(self).__name__
         if activation not in ("relu", "sigmoid"):
-            raise ValueError(f"LeNet: expected activation 'relu' or 'sigmoid'; got {activation!r}")
+            raise ValueError(f"{who}: expected activation 'relu' or 'sigmoid'; got {activation!r}")
+        if pool not in ("max", "avg"):
+            raise ValueError(f"{who}: expected pool 'max' or 'avg'; got {pool!r}")
         act = Relu if activation == "relu" else Sigmoid
-        init = _Init(device, dtype, seed)
-        C, H, W = input_dim
+        C, H, W = _input_dim(who, input_dim)
+        output_size = as_index(who, "output_size", output_size, minimum=1)
+        init = _Init(who, device, dtype, seed)
         gain = 2.0 if activation == "relu" else 1.0
         std = lambda fan_in: math.sqrt(gain / fan_in)  # noqa: E731
         H, W = _out_hw("LeNet pool", _out_hw("LeNet conv", (H, W), 5, 1, 2), 2, 2)

@@ -17,15 +17,40 @@ so few kernel launches). ``XPCONV_WORKSPACE_MB``, :func:`set_workspace_limit` an
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import warnings
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from .devices import CPU_WORKSPACE, default_workspace
 
-_env = os.environ.get("XPCONV_WORKSPACE_MB")
-_override: "int | None" = None if _env is None else int(float(_env) * 2**20)
+ENV_VAR = "XPCONV_WORKSPACE_MB"
+
+
+def _limit_from_env(default):
+    """``XPCONV_WORKSPACE_MB`` (MiB, a finite number > 0) in bytes, else ``default``.
+
+    A bad value never stops ``import xpconv``: it is ignored with a warning.
+    """
+    text = os.environ.get(ENV_VAR)
+    if text is None or not text.strip():
+        return default
+    try:
+        nbytes = float(text) * 2**20
+    except ValueError:
+        nbytes = math.nan
+    if not math.isfinite(nbytes) or nbytes < 1:
+        size = f" of {default / 2**20:g} MiB" if isinstance(default, int) else ""
+        warnings.warn(f"{ENV_VAR}={text!r} is not a number of MiB > 0; ignoring it and using the "
+                      f"default workspace limit{size}", RuntimeWarning, stacklevel=2)
+        return default
+    return int(nbytes)
+
+
+# the override on every device (None: the per-device default)
+_override: "int | None" = _limit_from_env(None)
 
 
 def default_limit(where=None) -> int:

@@ -6,6 +6,7 @@ from its input and returns arrays of the input's dtype on the input's device.
 from __future__ import annotations
 
 import math
+import numbers
 
 from array_api_compat import array_namespace
 
@@ -215,8 +216,8 @@ class Dropout:
 
     def __init__(self, dropout_ratio=0.5, seed=None):
         who = "Dropout"
-        if (isinstance(dropout_ratio, bool) or not isinstance(dropout_ratio, (int, float))
-                or not 0.0 <= dropout_ratio <= 1.0):
+        if (isinstance(dropout_ratio, bool) or not isinstance(dropout_ratio, numbers.Real)
+                or not 0.0 <= dropout_ratio <= 1.0):      # NaN fails the range test too
             raise ValueError(f"{who}: expected dropout_ratio in [0, 1]; got {dropout_ratio!r}")
         self.dropout_ratio = float(dropout_ratio)
         self._rng = host_rng(seed)

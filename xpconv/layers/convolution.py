@@ -5,8 +5,8 @@ import numbers
 
 from array_api_compat import array_namespace, device
 
-from .._checks import check_floating, check_grad, check_ndim, check_same_place
-from .._geometry import ROUNDINGS, pair
+from .._checks import as_index, check_flag, check_floating, check_grad, check_ndim, check_same_place
+from .._geometry import ROUNDINGS, check_pad, pair
 from ..devices import device_scope
 from .._conv import conv2d_backward_unchecked, conv2d_unchecked
 from ..functional import _conv_geometry, check_conv_shapes
@@ -48,12 +48,14 @@ class Convolution:
         check_same_place(who, "W", W, b=b)
         if b is None:
             raise TypeError(f"{who}: expected b of shape (FN,) = ({W.shape[0]},); got None")
-        check_conv_shapes(who, (1, W.shape[1] * groups if isinstance(groups, int) else 0, 1, 1),
-                          tuple(W.shape), tuple(b.shape), groups)
+        groups = as_index(who, "groups", groups, minimum=1)   # NumPy integers too
+        check_conv_shapes(who, (1, W.shape[1] * groups, 1, 1), tuple(W.shape), tuple(b.shape), groups)
         pair(who, "stride", stride, minimum=1)
         pair(who, "dilation", dilation, minimum=1)
+        check_pad(who, pad)
         if rounding not in ROUNDINGS[:2]:
             raise ValueError(f"{who}: expected rounding in {ROUNDINGS[:2]}; got {rounding!r}")
+        check_flag(who, "input_grad", input_grad)
         self.W, self.b = W, b
         self.stride, self.pad, self.dilation, self.groups = stride, pad, dilation, groups
         self.rounding, self.input_grad = rounding, input_grad

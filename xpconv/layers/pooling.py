@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from ..devices import device_scope
-from .._checks import check_grad
+from .._checks import check_flag, check_grad
 from .._pool import (avg_pool2d_backward_unchecked, avg_pool2d_unchecked,
                      max_pool2d_backward_unchecked, max_pool2d_unchecked)
 from ..functional import _pool_geometry
-from .._geometry import ROUNDINGS, pair
+from .._geometry import ROUNDINGS, check_pad, pair
 
 MODES = ("max", "avg")
 
@@ -36,13 +36,15 @@ class Pooling:
     def __init__(self, pool_h, pool_w, stride=None, pad=0, mode="max", rounding="exact",
                  count_include_pad=True):
         who = "Pooling"
-        pair(who, "pool size", (pool_h, pool_w), minimum=1)
+        kernel = pair(who, "pool size", (pool_h, pool_w), minimum=1)
         if stride is not None:
             pair(who, "stride", stride, minimum=1)
+        check_pad(who, pad, pool_kernel=kernel)
         if mode not in MODES:
             raise ValueError(f"{who}: expected mode in {MODES}; got {mode!r}")
         if rounding not in ROUNDINGS:
             raise ValueError(f"{who}: expected rounding in {ROUNDINGS}; got {rounding!r}")
+        check_flag(who, "count_include_pad", count_include_pad)
         self.pool_h, self.pool_w, self.stride, self.pad = pool_h, pool_w, stride, pad
         self.mode, self.rounding, self.count_include_pad = mode, rounding, count_include_pad
         self.x = self.out = None

@@ -258,3 +258,14 @@ def test_the_books_pkl_files_give_the_books_test_accuracy(tmp_path):
         tol = 0 if dtype == "float64" else 5e-4                 # float32: a few images may flip
         assert abs(simple.accuracy(x, t) - book_simple) <= tol, (dtype, simple.accuracy(x, t), book_simple)
         assert abs(deep.accuracy(x, t) - book_deep) <= tol, (dtype, deep.accuracy(x, t), book_deep)
+
+
+def test_save_and_load_params_default_to_the_books_file_name(tmp_path, monkeypatch):
+    """The book's ``save_params()`` / ``load_params()`` take ``file_name="params.pkl"``."""
+    monkeypatch.chdir(tmp_path)
+    net = xpconv.SimpleConvNet(input_dim=(1, 8, 8), hidden_size=4, seed=0)
+    net.save_params()
+    assert (tmp_path / "params.pkl").is_file()
+    other = xpconv.SimpleConvNet(input_dim=(1, 8, 8), hidden_size=4, seed=1).load_params()
+    for key in net.params:
+        np.testing.assert_array_equal(xpconv.to_numpy(other.params[key]), xpconv.to_numpy(net.params[key]))

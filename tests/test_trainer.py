@@ -265,3 +265,13 @@ def test_a_training_step_never_waits_for_the_device(monkeypatch):
     assert len(uploads) == epochs
     assert len(trainer.train_loss_list) == epochs * steps and np.isfinite(trainer.train_loss_list).all()
     assert trainer.train_loss_list[-1] < trainer.train_loss_list[0]
+
+
+def test_verbose_training_into_a_log_file_has_epoch_lines_but_no_bar_redraws(small_mnist, capsys):
+    """stderr is not a terminal under pytest (as in `xpconv train > log 2>&1`): no tqdm redraws
+    pile up there, and the per-epoch lines still reach stdout."""
+    x, t, xv, tv = (a[:100] for a in small_mnist)
+    xpconv.Trainer(small_net(), x, t, xv, tv, epochs=2, mini_batch_size=20, verbose=True, seed=0).train()
+    out, err = capsys.readouterr()
+    assert "epoch   1/2" in out and "epoch   2/2" in out and "Final Test Accuracy" in out
+    assert "step/s" not in err and "\r" not in err, err[:200]

@@ -312,8 +312,9 @@ class Sequential:
         out.update((key, to_numpy(getattr(layer, attr)).copy()) for key, layer, attr in self._buffers())
         return out
 
-    def save_params(self, path) -> None:
-        """Write parameters (and buffers) to ``path`` as an ``.npz`` of host arrays.
+    def save_params(self, path="params.pkl") -> None:
+        """Write parameters (and buffers) to ``path`` as an ``.npz`` of host arrays (the
+        book's default name, ``params.pkl``, holds an ``.npz`` too: loading goes by content).
 
         The file is written to a temporary name and renamed, so an existing file is
         never left half-written. Load it on any device with ``load_params``.
@@ -321,7 +322,7 @@ class Sequential:
         serialization.save_arrays(path, self.state_arrays(), metadata={
             "format": "xpconv-params", "version": "1", "model": type(self).__name__})
 
-    def load_params(self, path) -> "Sequential":
+    def load_params(self, path="params.pkl") -> "Sequential":
         """Read parameters saved by ``save_params`` (from any device) onto this model's device.
 
         Names and shapes must match this model. The file's content decides how it is read:

@@ -7,6 +7,7 @@ which is also when divergence is checked.
 from __future__ import annotations
 
 import math
+import sys
 import time
 import warnings
 
@@ -283,10 +284,13 @@ def _read_back(values) -> list[float]:
 
 
 def _progress(total: int, enabled: bool):
-    """A tqdm bar, or a silent stand-in with the same methods."""
+    """A tqdm bar, or a silent stand-in with the same methods (also when stderr is not a
+    terminal, e.g. a log file, which would collect every redraw; notebooks keep their bar)."""
     if enabled:
         from tqdm.auto import tqdm
-        return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+        in_notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
+        if in_notebook or sys.stderr.isatty():
+            return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
 
     class _Silent:
         def update(self, n):

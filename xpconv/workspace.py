@@ -24,7 +24,7 @@ import warnings
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
-from .devices import CPU_WORKSPACE, default_workspace
+from .devices import CPU_WORKSPACE, GPU_WORKSPACE, default_workspace
 
 ENV_VAR = "XPCONV_WORKSPACE_MB"
 
@@ -42,7 +42,8 @@ def _limit_from_env(default):
     except ValueError:
         nbytes = math.nan
     if not math.isfinite(nbytes) or nbytes < 1:
-        size = f" of {default / 2**20:g} MiB" if isinstance(default, int) else ""
+        size = (f" of {default / 2**20:g} MiB" if isinstance(default, int) else
+                f" ({CPU_WORKSPACE // 2**20} MiB on a CPU, {GPU_WORKSPACE // 2**20} MiB on a GPU)")
         warnings.warn(f"{ENV_VAR}={text!r} is not a number of MiB > 0; ignoring it and using the "
                       f"default workspace limit{size}", RuntimeWarning, stacklevel=2)
         return default

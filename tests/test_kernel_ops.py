@@ -204,3 +204,23 @@ def test_float32_stays_float32_for_large_window_counts(spec, cip):
     y = F.avg_pool2d(x, 3, pad=1, rounding="ceil", stride=2, count_include_pad=cip)
     dx = F.avg_pool2d_backward(y, x, 3, pad=1, rounding="ceil", stride=2, count_include_pad=cip)
     assert y.dtype == dev.xp.float32 and dx.dtype == dev.xp.float32
+
+
+def test_lean_softmax_with_loss_matches_torch_cross_entropy():
+    """The loss as -sum(where(onehot, log_softmax, E))/N: torch's ``cross_entropy`` and its
+    gradient, with huge scores and -inf for classes that are not the label (they add 0,
+    never NaN); -inf at the label gives +inf, as in torch."""
+    from xpconv.layers.loss import SoftmaxWithLoss
+    rng = np.random.default_rng(3)
+    hx = rng.standard_normal((6, 5)) * 50
+    hx[1, 2] = hx[4, 0] = -np.inf
+    t = torch.tensor([0, 1, 4, 2, 3, 1])
+    x = torch.tensor(hx, requires_grad=True)
+    ref = torch.nn.functional.cross_entropy(x, t)
+    ref.backward()
+    layer = SoftmaxWithLoss()
+    loss = layer.forward(x.detach(), t)
+    torch.testing.assert_close(loss, ref.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.backward(), x.grad, rtol=1e-12, atol=1e-14)
+    hx[3, 2] = -np.inf                                   # the label's own score
+    assert float(layer.forward(torch.tensor(hx), t)) == float("inf")

@@ -154,8 +154,8 @@ def test_simple_convnet_step_ops_per_layer():
     """Conv: unfold, bmm, bias / db, bmm, sum over the batch (no zeros to add dW to). Relu
     backward: the mask and one where (the 0 is a constant kept on the device). Max pool
     backward: the ranks kept on the device, no arange nor fill. Loss: softmax (5), one-hot
-    (2), -sum(where(onehot, log_softmax, 0/rowsum))/N with the NaN of a bad label in 2 ops
-    (7); backward (y - t) * dout/N. Adam: gather, then m and v in the same 3 ops."""
+    (2), -sum(where(onehot, log_softmax, E))/N with E = where(any(onehot row), 0, NaN), the
+    NaN of a bad label in 2 ops (7); backward (y - t) * dout/N. Adam: gather, then m and v in the same 3 ops."""
     import numpy as np
     from xpconv.models import SimpleConvNet
     from xpconv.optimizers import Adam

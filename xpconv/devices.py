@@ -251,7 +251,11 @@ def constant(value, like, dtype=None, *, key=None):
     xp = array_api_compat.array_namespace(like)
     dtype = like.dtype if dtype is None else dtype
     where = array_api_compat.device(like)
-    build = value if callable(value) else (lambda xp, dtype, where: xp.asarray(value, dtype=dtype, device=where))
+    if callable(value):
+        build = value
+    else:
+        def build(xp, dtype, where):
+            return xp.asarray(value, dtype=dtype, device=where)
     if isinstance(like, numpy.ndarray):
         return build(xp, dtype, where)
     cache_key = (type(like).__module__, str(where), str(dtype), repr(value) if key is None else key)

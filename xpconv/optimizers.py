@@ -323,8 +323,8 @@ class Adam(Optimizer):
         if not any(n in self.m or n in self.v for n in group.names):
             moments = xp.zeros((2, p.shape[0]), dtype=_state_dtype(p), device=array_device(p))
         else:       # state from the per-key path, another device, or replaced by the user
-            rows = [FlatGroup.pack({n: self._state_array(name, n, group.views[n]) for n in group.names}).buffer
-                    for name in ("m", "v")]
+            rows = [FlatGroup.pack({n: self._state_array(name, n, group.views[n])
+                                    for n in group.names}).buffer for name in ("m", "v")]
             moments = xp.stack(rows)
         m, v = (FlatGroup(group.names, group.shapes, moments[i, :]) for i in range(2))
         self.m.update(m.views)

@@ -114,8 +114,8 @@ class SoftmaxWithLoss:
                 self._target = xp.astype(mask, x.dtype)
                 log_p = shifted - xp.log(total)                             # log_softmax, (N, K)
                 # the other classes add 0; a row without its label (a device label outside
-                # 0..K-1) adds 0/0 = NaN instead (host NumPy labels were range checked)
-                other = 0.0 if is_host_numpy(labels) else _nan_if_empty_row(self._target)
+                # 0..K-1) adds NaN instead (host NumPy labels were range checked)
+                other = 0.0 if is_host_numpy(labels) else _nan_if_empty_row(mask, x)
                 self.loss = xp.sum(xp.where(mask, log_p, other)) / (-N)     # -sum_n log_p[n, t[n]] / N
         self.t = t
         return self.loss
@@ -191,10 +191,11 @@ def _nan_if_missing(loss, onehot, t):
     return xp.where(found == t.shape[0], loss, float("nan"))          # found: labels in 0..K-1
 
 
-def _nan_if_empty_row(onehot):
-    """(N, 1): 0 for a row of ``onehot`` holding a 1, NaN (0/0) for an empty row (2 ops)."""
-    xp = array_namespace(onehot)
-    return constant(0, onehot) / xp.sum(onehot, axis=1, keepdims=True)
+def _nan_if_empty_row(mask, like):
+    """(N, 1) of ``like``'s dtype: 0 for a row of the boolean (N, K) ``mask`` holding a True,
+    NaN for an empty row; branch-free, 2 ops (the 0 and the NaN are device constants)."""
+    xp = array_namespace(like)
+    return xp.where(xp.any(mask, axis=1, keepdims=True), constant(0, like), constant(float("nan"), like))
 
 
 def _cast(t, like):

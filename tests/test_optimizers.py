@@ -228,7 +228,7 @@ def test_fused_adam_is_13_ops_and_sync_free():
     plain = dict(net.params)
     with count_launches(forbid_syncs=True) as per_key:
         opt.update(plain, grads)
-    assert fused.ops == 13 and fused.syncs == 0, fused.by_op      # concat + 12 for 6 parameters
+    assert fused.ops == 10 and fused.syncs == 0, fused.by_op      # concat + 9 for 6 parameters
     assert per_key.ops == 72, per_key.by_op                        # 12 per parameter
 
 

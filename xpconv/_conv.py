@@ -81,8 +81,9 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)
     db = xp.sum(dy, axis=(0, 2, 3))
-    dw = xp.zeros(wmat.shape, dtype=x.dtype, device=device(x))
     chunks = batch_chunks(N, _sample_scratch(x, w, geom, groups), x)
+    # one chunk: dw is its sum (no zeros to add it to)
+    dw = None if len(chunks) == 1 else xp.zeros(wmat.shape, dtype=x.dtype, device=device(x))
     dx = None
     if input_grad and len(chunks) > 1:
         dx = xp.empty(x.shape, dtype=x.dtype, device=device(x))
@@ -91,7 +92,11 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
         # columns kept by forward cover the whole batch: usable only as a single chunk
         c = cols if cols is not None and len(chunks) == 1 else _columns(x[n0:n1, ...], geom, groups)
         g = xp.reshape(dy[n0:n1, ...], (n, G, FN // G, OH * OW))        # (n, G, FN/G, P)
-        dw += xp.sum(g @ xp.matrix_transpose(c), axis=0)
+        part_dw = xp.sum(g @ xp.matrix_transpose(c), axis=0)           # (G, FN/G, C/G*K)
+        if dw is None:
+            dw = part_dw
+        else:
+            dw += part_dw
         del c
         if input_grad:
             dcols = xp.reshape(xp.matrix_transpose(wmat) @ g, (n, C, geom.taps, OH, OW))

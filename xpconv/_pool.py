@@ -29,7 +29,7 @@ from array_api_compat import array_namespace, device
 
 from . import _windows
 from ._geometry import Window2d
-from .devices import keep_where, prefers_fewer_ops
+from .devices import constant, keep_where, prefers_fewer_ops
 from .workspace import itemsize, map_batch
 
 _BOOL_BYTES = 1
@@ -163,10 +163,15 @@ def _max_pool2d_backward_blocks(dy, x, y, geom: Window2d):
     xw = _window_view(x, geom)                                           # (n, C, OH, kh, OW, kw)
     y6 = xp.reshape(y, (*y.shape[:3], 1, y.shape[3], 1))
     score_dtype = {1: xp.int8, 2: xp.int16, 4: xp.int32}[_score_bytes(geom.taps)]
-    rank = xp.reshape(xp.arange(1, geom.taps + 1, dtype=score_dtype, device=device(x)), (kh, 1, kw))
-    score = xp.where(xw == y6, -rank, xp.where(xp.isnan(xw), rank, -(geom.taps + 1)))
+    # the ranks are built once per device (constants: no arange, no fill per call)
+    rank = constant(lambda xp, dtype, where: xp.reshape(
+        xp.arange(1, geom.taps + 1, dtype=dtype, device=where), (kh, 1, kw)), x, score_dtype,
+        key=("max_pool2d rank", kh, kw))
+    neg_rank = constant(lambda xp, dtype, where: -rank, x, score_dtype, key=("max_pool2d -rank", kh, kw))
+    low = constant(-(geom.taps + 1), x, score_dtype)
+    score = xp.where(xw == y6, neg_rank, xp.where(xp.isnan(xw), rank, low))
     best = score == xp.max(score, axis=(3, 5), keepdims=True)
-    dx = xp.where(best, xp.reshape(dy, y6.shape), 0.0)
+    dx = keep_where(best, xp.reshape(dy, y6.shape))
     n, C = x.shape[:2]
     dx = xp.reshape(dx, (n, C, geom.h.out * kh, geom.w.out * kw))
     if geom.tiles:

@@ -31,7 +31,7 @@ import array_api_compat
 import numpy
 
 __all__ = ["Device", "device", "available_devices", "to_numpy", "device_scope", "from_host",
-           "device_of", "dtype_name", "is_host_numpy", "host_rng", "keep_where",
+           "device_of", "dtype_name", "is_host_numpy", "host_rng", "keep_where", "constant",
            "prefers_fewer_ops", "default_workspace", "CPU_WORKSPACE", "GPU_WORKSPACE"]
 
 _ALIASES = {"np": "numpy", "cp": "cupy", "pytorch": "torch", "jax.numpy": "jax",
@@ -240,7 +240,44 @@ def keep_where(keep, x):
         numpy.bitwise_and(bits, x.view(ints), out=bits)
         return bits.view(x.dtype)
     xp = array_api_compat.array_namespace(x)
-    return xp.where(keep, x, 0.0)
+    return xp.where(keep, x, constant(0, x))
+
+
+_CONSTANTS: dict = {}
+
+
+def constant(value, like, dtype=None, *, key=None):
+    """A read-only array of ``like``'s library and device: ``value`` (a number, or what
+    ``build()`` returns when ``value`` is a callable), in ``dtype`` (default: ``like``'s).
+
+    Outside NumPy it is built once per (library, device, dtype, ``key``) and reused: a
+    Python scalar given to ``where``, or an ``arange``, is otherwise a fill kernel per call
+    on a GPU. Never modify the result. NumPy (cheap to build) gets a fresh array.
+
+    Args:
+        value: a number, or a callable ``build(xp, dtype, device)`` returning the array.
+        like: an array of the library and device wanted.
+        dtype: a dtype of ``like``'s namespace; default ``like.dtype``.
+        key: what identifies a callable ``value`` (hashable); numbers are their own key.
+    """
+    xp = array_api_compat.array_namespace(like)
+    dtype = like.dtype if dtype is None else dtype
+    where = array_api_compat.device(like)
+    if callable(value):
+        build = value
+    else:
+        def build(xp, dtype, where):
+            return xp.asarray(value, dtype=dtype, device=where)
+    if isinstance(like, numpy.ndarray):
+        return build(xp, dtype, where)
+    cache_key = (type(like).__module__, str(where), str(dtype), repr(value) if key is None else key)
+    try:
+        found = _CONSTANTS.get(cache_key)
+    except TypeError:                 # an unhashable key: build it every time
+        return build(xp, dtype, where)
+    if found is None:
+        found = _CONSTANTS[cache_key] = build(xp, dtype, where)
+    return found
 
 
 # ----------------------------------------------------------------------------- backends

@@ -18,7 +18,7 @@ from __future__ import annotations
 from array_api_compat import array_namespace, device
 
 from .._checks import check_array, check_floating, check_labels, check_ndim, check_same_place
-from ..devices import device_scope, is_host_numpy
+from ..devices import constant, device_scope, is_host_numpy
 
 __all__ = ["softmax", "cross_entropy_error", "SoftmaxWithLoss"]
 
@@ -75,7 +75,7 @@ class SoftmaxWithLoss:
     The loss is computed from ``log_softmax(x) = s - log(sum_k exp(s))`` with
     ``s = x - max(x)``, so it stays finite and exact for large scores (no
     ``log(y + 1e-7)``). For integer labels,
-    ``L = (sum_n log(sum_k exp(s[n, k])) - sum_n s[n, t[n]]) / N``.
+    ``L = -sum_n log_p[n, t[n]] / N`` with ``log_p = s - log(sum_k exp(s))``.
 
     Shape:
         forward(x, t):  x (N, K) scores, t (N,) or (N, 1) integer labels or (N, K) targets
@@ -112,9 +112,11 @@ class SoftmaxWithLoss:
             else:
                 mask = xp.reshape(labels, (N, 1)) == self._class_row(labels, x)   # (N, K) one-hot
                 self._target = xp.astype(mask, x.dtype)
-                picked = xp.sum(xp.where(mask, shifted, 0.0))               # sum_n s[n, t[n]]
-                loss = (xp.sum(xp.log(total)) - picked) / N
-                self.loss = _nan_if_missing(loss, self._target, labels)
+                log_p = shifted - xp.log(total)                             # log_softmax, (N, K)
+                # the other classes add 0; a row without its label (a device label outside
+                # 0..K-1) adds NaN instead (host NumPy labels were range checked)
+                other = 0.0 if is_host_numpy(labels) else _nan_if_empty_row(mask, x)
+                self.loss = xp.sum(xp.where(mask, log_p, other)) / (-N)     # -sum_n log_p[n, t[n]] / N
         self.t = t
         return self.loss
 
@@ -187,6 +189,13 @@ def _nan_if_missing(loss, onehot, t):
     xp = array_namespace(loss)
     found = xp.sum(onehot if onehot.dtype == loss.dtype else xp.astype(onehot, loss.dtype))
     return xp.where(found == t.shape[0], loss, float("nan"))          # found: labels in 0..K-1
+
+
+def _nan_if_empty_row(mask, like):
+    """(N, 1) of ``like``'s dtype: 0 for a row of the boolean (N, K) ``mask`` holding a True,
+    NaN for an empty row; branch-free, 2 ops (the 0 and the NaN are device constants)."""
+    xp = array_namespace(like)
+    return xp.where(xp.any(mask, axis=1, keepdims=True), constant(0, like), constant(float("nan"), like))
 
 
 def _cast(t, like):

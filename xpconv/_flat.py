@@ -16,7 +16,7 @@ from typing import Mapping
 
 from array_api_compat import array_namespace, device as array_device
 
-from .devices import dtype_name, to_numpy
+from .devices import device_scope, dtype_name, to_numpy
 
 
 class FlatGroup:
@@ -104,9 +104,10 @@ def shares_views(like) -> bool:
 def _probe(like) -> bool:
     xp = array_namespace(like)
     try:
-        buffer = xp.zeros((4,), dtype=like.dtype, device=array_device(like))
-        view = xp.reshape(buffer[1:3], (2, 1))
-        view += 1
+        with device_scope(like):
+            buffer = xp.zeros((4,), dtype=like.dtype, device=array_device(like))
+            view = xp.reshape(buffer[1:3], (2, 1))
+            view += 1
         return to_numpy(buffer).tolist() == [0, 1, 1, 0]
     except Exception:   # no in-place ops, read-only views, ...
         return False

@@ -6,6 +6,8 @@ jax, and a GPU machine adds cupy.
 """
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 
@@ -65,3 +67,13 @@ def assert_on(backend: xpconv.Device, *arrays) -> None:
     for a in arrays:
         assert array_namespace(a) is backend.xp, f"{type(a)} is not a {backend.library} array"
         assert device(a) == backend.native, f"array on {device(a)}, expected {backend.native}"
+
+
+def peak_traced_bytes(fn) -> int:
+    """Peak bytes traced by ``tracemalloc`` (NumPy reports its buffers to it) while ``fn()`` runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()

@@ -9,10 +9,11 @@ import os
 import pickle
 import pickletools
 import sys
-import tracemalloc
 
 import numpy as np
 import pytest
+
+from conftest import peak_traced_bytes
 
 import xpconv
 from xpconv import cli
@@ -224,13 +225,9 @@ PAYLOADS = list(_payloads("x"))
 @pytest.mark.parametrize("kind", PAYLOADS)
 def test_planted_pickles_are_refused_and_never_run(tmp_path, sentinel, kind, protocol):
     path = write_pickle(tmp_path / "params.pkl", _payloads(sentinel)[kind], protocol)
-    tracemalloc.start()
-    try:
-        with pytest.raises(ValueError) as info:
-            xpconv.SimpleConvNet(**TINY, seed=0).load_params(path)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    net, caught = xpconv.SimpleConvNet(**TINY, seed=0), []
+    peak = peak_traced_bytes(lambda: caught.append(pytest.raises(ValueError, net.load_params, path)))
+    info = caught[0]
     assert not sentinel.exists()
     msg = str(info.value)
     assert msg.startswith("SimpleConvNet.load_params") and str(path) in msg and "\n" not in msg

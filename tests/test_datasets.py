@@ -11,11 +11,12 @@ import pickle
 import socket
 import struct
 import threading
-import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
+
+from conftest import peak_traced_bytes
 
 import xpconv.datasets.mnist as mnist
 from xpconv.datasets import (
@@ -484,21 +485,13 @@ def _npy_member(archive, name, descr, shape, chunks):
             f.write(chunk)
 
 
-def _peak(fn):
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
 
 def test_npz_dataset_reads_only_what_it_needs_within_a_cap(tmp_path):
     path = _write(tmp_path / "d.npz", x=np.zeros((10, 4, 4), np.uint8), t=np.arange(10) % 2)
     with zipfile.ZipFile(path, "a") as archive:   # 64 MiB of zeros, deflated to ~64 KiB
         _npy_member(archive, "extra", "|u1", (64 << 20,), [bytes(1 << 20)] * 64)
     assert path.stat().st_size < 1 << 20
-    peak = _peak(lambda: load_npz_dataset(path))
+    peak = peak_traced_bytes(lambda: load_npz_dataset(path))
     assert peak < 4 << 20            # the unused member is never decompressed
     (x, _), _ = load_npz_dataset(path, max_bytes=10 * 16 + 10 * 8)
     assert x.shape == (8, 1, 4, 4)
@@ -511,7 +504,7 @@ def test_npz_dataset_huge_declared_shape_is_a_clear_error(tmp_path):
     with zipfile.ZipFile(path, "w") as archive:
         _npy_member(archive, "x", "|u1", (10**6, 1000, 1000), [bytes(16)])
         _npy_member(archive, "t", "<i8", (10**6,), [bytes(16)])
-    peak = _peak(lambda: pytest.raises(ValueError, load_npz_dataset, path))
+    peak = peak_traced_bytes(lambda: pytest.raises(ValueError, load_npz_dataset, path))
     assert peak < 1 << 20
     with pytest.raises(ValueError, match=r"load_npz_dataset: .*'x' declares shape \(1000000, 1000, 1000\)"):
         load_npz_dataset(path, max_bytes=10**13)
@@ -532,7 +525,7 @@ def test_npz_dataset_cap_from_the_environment(tmp_path, monkeypatch):
 
 def test_npz_dataset_one_hot_of_huge_labels_is_refused(tmp_path):
     path = _write(tmp_path / "d.npz", x=np.zeros((4, 2, 2)), t=np.array([0, 1, 10**8, 2]))
-    peak = _peak(lambda: pytest.raises(ValueError, load_npz_dataset, path, one_hot_label=True,
+    peak = peak_traced_bytes(lambda: pytest.raises(ValueError, load_npz_dataset, path, one_hot_label=True,
                                        max_bytes=1 << 30))
     assert peak < 1 << 20
 

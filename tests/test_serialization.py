@@ -8,11 +8,12 @@ import signal
 import struct
 import subprocess
 import sys
-import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
+
+from conftest import peak_traced_bytes
 
 import xpconv.serialization as serialization
 from xpconv.serialization import load_arrays, save_arrays
@@ -276,14 +277,6 @@ def _zeros_member(archive, name, mib):
                       [bytes(1 << 20)] * mib)
 
 
-def _peak_while(fn):
-    tracemalloc.start()
-    try:
-        fn()
-        return tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-
 
 def _raises(exc, match, fn):
     def run():
@@ -298,10 +291,10 @@ def test_unexpected_big_member_is_refused_before_decompressing(tmp_path):
     with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
         _zeros_member(archive, "extra", 64)
     assert path.stat().st_size < 1 << 20            # 64 MiB when decompressed
-    peak = _peak_while(_raises(ValueError, "unexpected: extra", lambda: load_arrays(path, expected=EXPECTED)))
+    peak = peak_traced_bytes(_raises(ValueError, "unexpected: extra", lambda: load_arrays(path, expected=EXPECTED)))
     assert peak < 4 << 20
     # without a model to compare with, the byte limit refuses it, also before reading
-    peak = _peak_while(_raises(ValueError, "max_bytes", lambda: load_arrays(path, max_bytes=8 << 20)))
+    peak = peak_traced_bytes(_raises(ValueError, "max_bytes", lambda: load_arrays(path, max_bytes=8 << 20)))
     assert peak < 4 << 20
     with pytest.raises(ValueError, match="XPCONV_MAX_LOAD_MB"):
         os.environ[serialization.MAX_LOAD_ENV] = "lots"
@@ -317,7 +310,7 @@ def test_huge_declared_shape_is_a_clear_error(tmp_path):
         _write_npy_member(archive, "W1", {"descr": "<f8", "fortran_order": False, "shape": (10**12,)},
                           [bytes(8)])
     for limit in (None, 10**14):
-        peak = _peak_while(_raises(ValueError, r"declares shape \(1000000000000,\) float64",
+        peak = peak_traced_bytes(_raises(ValueError, r"declares shape \(1000000000000,\) float64",
                                    lambda: load_arrays(path, max_bytes=limit)))
         assert peak < 1 << 20
 
@@ -356,7 +349,7 @@ def test_member_longer_than_its_headers_say_is_not_decompressed(tmp_path):
     with zipfile.ZipFile(path) as archive:
         offset = archive.getinfo("W.npy").file_size - (32 << 20)
     _patch_central_size(path, "W.npy", offset + 8)
-    peak = _peak_while(_raises(ValueError, "corrupt", lambda: load_arrays(path)))
+    peak = peak_traced_bytes(_raises(ValueError, "corrupt", lambda: load_arrays(path)))
     assert peak < 4 << 20
 
 

@@ -582,3 +582,23 @@ def test_loss_labels_must_share_device():
     torch = pytest.importorskip("torch")
     with pytest.raises(TypeError, match=r"t is a torch array but x is a array_api_strict array"):
         SoftmaxWithLoss().forward(x, torch.tensor([0, 1]))
+
+
+@pytest.mark.parametrize("spec", ["numpy", "array_api_strict"])
+def test_float32_stays_float32_for_batches_of_65536_and_more(spec):
+    """CuPy 13 cast float32 / N (a Python int >= 65,536) to float64; the extras require
+    CuPy >= 14 (NEP 50 promotion), and every batch mean here stays in the input's dtype:
+    the loss, its gradient and BatchNormalization's statistics and gradients, N = 70,000."""
+    dev = make_backend(spec)
+    rng = np.random.default_rng(0)
+    n, k = 70_000, 3
+    x = dev.asarray(rng.standard_normal((n, k)), dtype="float32")
+    t = dev.asarray(rng.integers(0, k, n))
+    layer = xpconv.SoftmaxWithLoss()
+    assert layer.forward(x, t).dtype == dev.xp.float32
+    assert layer.backward().dtype == dev.xp.float32
+    norm = xpconv.BatchNormalization(dev.asarray(np.ones(k), dtype="float32"),
+                                     dev.asarray(np.zeros(k), dtype="float32"))
+    assert norm.forward(x, train_flg=True).dtype == dev.xp.float32
+    assert norm.backward(x).dtype == dev.xp.float32
+    assert norm.dgamma.dtype == norm.running_var.dtype == dev.xp.float32

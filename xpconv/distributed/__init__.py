@@ -202,8 +202,10 @@ class Communicator:
         with sharded(shard):
             if shard.n:
                 xp = array_namespace(x)
-                idx = network.device.asarray(batch[start:stop])
-                grads = network.gradient(xp.take(x, idx, axis=0), xp.take(t, idx, axis=0))
+                with device_scope(x):        # CuPy: gather on this rank's GPU, not the current one
+                    idx = network.device.asarray(batch[start:stop])
+                    x_share, t_share = xp.take(x, idx, axis=0), xp.take(t, idx, axis=0)
+                grads = network.gradient(x_share, t_share)
                 loss = network.last_layer.loss
             else:
                 grads, loss = _join_without_samples(network, x), None

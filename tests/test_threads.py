@@ -313,3 +313,34 @@ def test_scratch_stays_bounded_with_threads(op):
     extra = peak - sum(o.nbytes for o in out if o is not None)
     one_sample_cols = 8 * 9 * 24 * 24 * x.itemsize
     assert extra <= 2 * limit + one_sample_cols, f"{extra / 2**20:.2f} MiB"
+
+
+# ----------------------------------------------------------------------------- the benchmark's 1-thread contenders
+
+def test_bench_one_thread_contenders_round_trip_and_set_their_threads():
+    from xpconv.bench import contenders as bench
+    one = bench.contender_from_name("xpconv:cpu@1t")
+    assert (one.name, one.threads, one.spec) == ("xpconv:cpu@1t", 1, "cpu")
+    assert bench.contender_from_name("xpconv:cpu").threads is None
+    with pytest.raises(SystemExit, match="unknown contender"):
+        bench.contender_from_name("xpconv:cpu@zero")
+    assert one.try_setup(), one.error
+    xpconv.set_num_threads(2)
+    seen = []
+    call = one.at_threads(lambda: seen.append(xpconv.get_num_threads()))
+    call()
+    assert seen == [1] and xpconv.get_num_threads() == 2   # set around the call, restored after
+
+
+def test_bench_ratios_pair_equal_thread_counts_and_give_the_scaling():
+    from xpconv.bench import contenders as bench
+    from xpconv.bench.cases import build_cases
+    from xpconv.bench.results import CaseResult, Measurement
+    from xpconv.bench.runner import ratios
+    names = ["xpconv:cpu", "torch-cpu", "xpconv:cpu@1t", "torch-cpu@1t"]
+    contenders = [bench.contender_from_name(n) for n in names]
+    medians = dict(zip(names, [2.0, 4.0, 3.0, 6.0]))
+    result = CaseResult(build_cases(True)[0], {n: Measurement(samples_ms=[m]) for n, m in medians.items()})
+    assert ratios(result, contenders) == {
+        "xpconv:cpu / torch-cpu": 0.5, "xpconv:cpu@1t / torch-cpu@1t": 0.5,
+        "xpconv:cpu@1t / xpconv:cpu": 1.5, "torch-cpu@1t / torch-cpu": 1.5}

@@ -168,6 +168,27 @@ def test_map_chunks_keeps_the_order_and_nests():
     assert threads.map_chunks(job, [(i, i + 1) for i in range(9)], x) == list(range(9))
 
 
+def test_at_most_n_parts_run_at_once():
+    """A pool built for more threads is not used for fewer: the memory bound counts n parts."""
+    import time
+    x = np.zeros(1)
+    xpconv.set_num_threads(3)
+    threads.map_chunks(lambda a, b: None, [(0, 1), (1, 2), (2, 3)], x)   # a pool of 3 exists
+    xpconv.set_num_threads(2)
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def job(n0, n1):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+
+    threads.map_chunks(job, [(i, i + 1) for i in range(6)], x)
+    assert most[0] == 2
+
+
 def test_blas_is_one_thread_inside_the_pool_and_restored_after():
     threadpoolctl = pytest.importorskip("threadpoolctl", reason="BLAS limits are set with threadpoolctl")
     if not threadpoolctl.threadpool_info():

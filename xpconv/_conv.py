@@ -11,6 +11,7 @@ Notation::
 """
 from __future__ import annotations
 
+import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from . import _windows, threads
@@ -42,17 +43,19 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
     """Convolution on validated inputs; returns ``(y, cols)``.
 
     ``cols`` is the column tensor (N, G, C/G*K, P) when ``keep_cols`` and the whole
-    batch is one part (one workspace chunk, one thread), else None.
+    batch fits in one workspace chunk (backward then reuses it), else None.
 
     The batch goes in chunks (``workspace.batch_chunks``), each split among the threads
-    on host NumPy (``threads.split``); a part builds its columns and writes its rows of ``y``.
+    on host NumPy (``threads.split``); a part builds its columns (into the kept ones,
+    when kept) and writes its rows of ``y``.
     """
     xp = array_namespace(x)
     N = x.shape[0]
     FN = w.shape[0]
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)                                    # (G, FN/G, C/G*K)
-    parts = threads.split(batch_chunks(N, _sample_scratch(x, w, geom, groups), x), x)
+    chunks = batch_chunks(N, _sample_scratch(x, w, geom, groups), x)
+    parts = threads.split(chunks, x)
 
     def rows(n0, n1, cols):                                              # (n, FN, OH, OW)
         part = xp.reshape(wmat @ cols, (n1 - n0, FN, OH, OW))           # (n, G, FN/G, P) -> (n, FN, OH, OW)
@@ -64,14 +67,19 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
         cols = _columns(x, geom, groups)                                # (N, G, C/G*K, P)
         return rows(0, N, cols), (cols if keep_cols else None)
     y = xp.empty((N, FN, OH, OW), dtype=x.dtype, device=device(x))
+    kept = _kept_columns(x, geom, groups) if keep_cols and len(chunks) == 1 else None
 
     def part(n0, n1):
-        nonlocal y  # set_rows is in place where parts run at once (host NumPy)
-        y = set_rows(y, n0, n1, rows(n0, n1, _columns(x[n0:n1, ...], geom, groups)))
-        # this part's columns go before the next part's are built
+        nonlocal y, kept  # in place where parts run at once (host NumPy): the same arrays
+        if kept is None:
+            cols = _columns(x[n0:n1, ...], geom, groups)  # this part's: gone before the next part's
+        else:
+            kept = _fill_columns(kept, n0, n1, x, geom)
+            cols = kept[n0:n1, ...]
+        y = set_rows(y, n0, n1, rows(n0, n1, cols))
 
     threads.map_chunks(part, parts, x)
-    return y, None
+    return y, kept
 
 
 def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_grad: bool = True,
@@ -116,7 +124,7 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
         return _windows.fold((dcols[:, :, k, ...] for k in range(geom.taps)), geom, x, (n, C, H, W))
 
     def dx_part(n0, n1):
-        nonlocal dx  # set_rows is in place where parts run at once (host NumPy)
+        nonlocal dx  # in place where parts run at once (host NumPy): the same array
         dx = set_rows(dx, n0, n1, dx_rows(n0, n1))
 
     dw = None
@@ -171,6 +179,32 @@ def _columns(x, geom: Window2d, groups: int):
     else:
         cols = _windows.unfold(_windows.pad(x, geom), geom)              # (n, C, K, OH, OW)
     return xp.reshape(cols, (n, groups, C // groups * geom.taps, OH * OW))
+
+
+def _kept_columns(x, geom: Window2d, groups: int):
+    """The columns (N, G, C/G*K, P) of the whole batch, for the parts of a forward to fill
+    (:func:`_fill_columns`); a 1x1 kernel's are a view of ``x``, filled already."""
+    xp = array_namespace(x)
+    N, C = x.shape[:2]
+    if geom.taps == 1:
+        return _columns(x, geom, groups)
+    OH, OW = geom.out_hw
+    return xp.empty((N, groups, C // groups * geom.taps, OH * OW), dtype=x.dtype, device=device(x))
+
+
+def _fill_columns(kept, n0: int, n1: int, x, geom: Window2d):
+    """Rows n0:n1 of the columns from :func:`_kept_columns`, written tap by tap (what
+    :func:`_columns` stacks), with no copy of the part's own; returns ``kept``."""
+    if geom.taps == 1:
+        return kept
+    xp = array_namespace(x)
+    N, C = x.shape[:2]
+    OH, OW = geom.out_hw
+    cols = xp.reshape(kept, (N, C, geom.taps, OH, OW))                  # a view: C/G*K = (c, k)
+    x_padded = _windows.pad(x[n0:n1, ...], geom)
+    for k, r, c in _windows.taps(geom):
+        cols = xpx.at(cols)[n0:n1, :, k, ...].set(x_padded[:, :, r, c])
+    return xp.reshape(cols, kept.shape)
 
 
 def _filter_matrix(w, groups: int):

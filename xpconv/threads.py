@@ -93,7 +93,7 @@ def set_num_threads(n: int) -> None:
     global _num_threads
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"set_num_threads: expected an int number of threads >= 1; got {n!r}")
-    _num_threads = n   # a pool too small for n is replaced on its next use
+    _num_threads = n   # a pool of another size is replaced on its next use (1: none is used)
 
 
 def workers(like) -> int:
@@ -143,10 +143,11 @@ def map_chunks(fn, chunks: "list[tuple[int, int]]", like) -> list:
 
 
 def _get_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The pool, with at least ``_num_threads`` workers (a smaller one is replaced)."""
+    """The pool of ``_num_threads`` workers (one of another size is replaced: a larger one
+    would run more parts at once than the workspace limit allows for)."""
     global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool_size < _num_threads:
+        if _pool is None or _pool_size != _num_threads:
             if _pool is not None:
                 _pool.shutdown(wait=False)   # its running jobs finish; its threads then exit
             _pool = concurrent.futures.ThreadPoolExecutor(_num_threads, thread_name_prefix="xpconv")

@@ -126,7 +126,7 @@ def map_batch(kernel, arrays, out_shape, bytes_per_sample: int):
     out = xp.empty(out_shape, dtype=like.dtype, device=device(like))
 
     def part(n0, n1):
-        nonlocal out  # set_rows is in place where parts run at once (host NumPy)
+        nonlocal out  # in place where parts run at once (host NumPy): the same array
         out = set_rows(out, n0, n1, kernel(*(a[n0:n1, ...] for a in arrays)))
 
     threads.map_chunks(part, parts, like)

@@ -107,7 +107,7 @@ def split(chunks: "list[tuple[int, int]]", like) -> "list[tuple[int, int]]":
     (fewer for a chunk of fewer rows); with one worker, ``chunks`` itself.
 
     >>> split([(0, 5), (5, 7)], like)     # doctest: +SKIP  (two workers)
-    [(0, 3), (3, 5), (5, 6), (6, 7)]
+    [(0, 2), (2, 5), (5, 6), (6, 7)]
     """
     n = workers(like)
     if n == 1 or getattr(_in_worker, "active", False):

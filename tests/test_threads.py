@@ -336,7 +336,7 @@ def test_scratch_stays_bounded_with_threads(op):
     assert extra <= 2 * limit + one_sample_cols, f"{extra / 2**20:.2f} MiB"
 
 
-# ----------------------------------------------------------------------------- the benchmark's 1-thread contenders
+# ----------------------------------------------------------------------------- bench: 1-thread contenders
 
 def test_bench_one_thread_contenders_round_trip_and_set_their_threads():
     from xpconv.bench import contenders as bench

@@ -115,7 +115,10 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
 
     def dw_terms(n0, n1):                                               # (n, G, FN/G, C/G*K)
         # columns kept by forward cover the whole batch: usable only as a single chunk
-        c = cols[n0:n1, ...] if cols is not None and len(chunks) == 1 else _columns(x[n0:n1, ...], geom, groups)
+        if cols is not None and len(chunks) == 1:
+            c = cols[n0:n1, ...]
+        else:
+            c = _columns(x[n0:n1, ...], geom, groups)
         return grads(n0, n1) @ xp.matrix_transpose(c)
 
     def dx_rows(n0, n1):                                                # (n, C, H, W)

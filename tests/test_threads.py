@@ -23,7 +23,9 @@ THREADS = [1, 2, 3]
 
 
 @pytest.fixture(autouse=True)
-def _restore_threads():
+def _restore_threads(monkeypatch):
+    """Restores the thread count; parts of any size (the small test shapes use the pool)."""
+    monkeypatch.setattr(threads, "MIN_PART_BYTES", 0)
     old = xpconv.get_num_threads()
     yield
     xpconv.set_num_threads(old)
@@ -140,6 +142,15 @@ def test_split_keeps_the_chunks_and_covers_them():
     xpconv.set_num_threads(4)
     assert threads.split([(0, 0)], x) == [(0, 0)]
     assert threads.split([(0, 10)], x) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+
+
+def test_split_keeps_small_jobs_on_fewer_threads(monkeypatch):
+    monkeypatch.setattr(threads, "MIN_PART_BYTES", 1000)
+    xpconv.set_num_threads(4)
+    x = np.zeros(3)
+    assert threads.split([(0, 10)], x, 100) == [(0, 10)]              # 1000 bytes: one part
+    assert threads.split([(0, 10)], x, 250) == [(0, 5), (5, 10)]      # 2500 bytes: two parts
+    assert threads.split([(0, 10)], x, 10**6) == [(0, 2), (2, 5), (5, 7), (7, 10)]
 
 
 def test_other_libraries_run_one_after_another(backend):

@@ -54,8 +54,9 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
     FN = w.shape[0]
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)                                    # (G, FN/G, C/G*K)
-    chunks = batch_chunks(N, _sample_scratch(x, w, geom, groups), x)
-    parts = threads.split(chunks, x)
+    scratch = _sample_scratch(x, w, geom, groups)
+    chunks = batch_chunks(N, scratch, x)
+    parts = threads.split(chunks, x, scratch)
 
     def rows(n0, n1, cols):                                              # (n, FN, OH, OW)
         part = xp.reshape(wmat @ cols, (n1 - n0, FN, OH, OW))           # (n, G, FN/G, P) -> (n, FN, OH, OW)
@@ -104,8 +105,9 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)
     db = xp.sum(dy, axis=(0, 2, 3))
-    chunks = batch_chunks(N, _sample_scratch(x, w, geom, groups), x)
-    whole = threads.split([(0, N)], x) == [(0, N)] and len(chunks) == 1   # one part: no copies
+    scratch = _sample_scratch(x, w, geom, groups)
+    chunks = batch_chunks(N, scratch, x)
+    whole = len(chunks) == 1 and threads.split(chunks, x, scratch) == chunks   # one part: no copies
     dx = None
     if input_grad and not whole:
         dx = xp.empty(x.shape, dtype=x.dtype, device=device(x))
@@ -132,7 +134,7 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
 
     dw = None
     for chunk in chunks:                                                # in order: chunk 0, 1, ...
-        parts = threads.split([chunk], x)
+        parts = threads.split([chunk], x, scratch)
         part_dw = None
         for terms in threads.map_chunks(dw_terms, parts, x):           # the chunk's parts, in order
             if part_dw is None:

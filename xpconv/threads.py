@@ -33,6 +33,8 @@ import warnings
 from .devices import is_host_numpy
 
 ENV_VAR = "XPCONV_NUM_THREADS"
+# a part of a chunk holds at least this much scratch (smaller jobs run on fewer threads)
+MIN_PART_BYTES = 256 * 2**10
 
 
 def usable_cores() -> int:
@@ -102,9 +104,11 @@ def workers(like) -> int:
     return _num_threads if _num_threads > 1 and is_host_numpy(like) else 1
 
 
-def split(chunks: "list[tuple[int, int]]", like) -> "list[tuple[int, int]]":
-    """Each (start, stop) chunk split into ``workers(like)`` parts of near-equal rows
-    (fewer for a chunk of fewer rows); with one worker, ``chunks`` itself.
+def split(chunks: "list[tuple[int, int]]", like, bytes_per_sample: int = 0) -> "list[tuple[int, int]]":
+    """Each (start, stop) chunk split into ``workers(like)`` parts of near-equal rows, fewer
+    where a part would hold less than :data:`MIN_PART_BYTES` of scratch
+    (``bytes_per_sample`` per row: a job too small to pay for a thread's hand-off);
+    with one worker, ``chunks`` itself.
 
     >>> split([(0, 5), (5, 7)], like)     # doctest: +SKIP  (two workers)
     [(0, 2), (2, 5), (5, 6), (6, 7)]
@@ -114,8 +118,10 @@ def split(chunks: "list[tuple[int, int]]", like) -> "list[tuple[int, int]]":
         return chunks
     parts = []
     for start, stop in chunks:
-        k = max(1, min(n, stop - start))
-        bounds = [start + (stop - start) * i // k for i in range(k + 1)]
+        rows = stop - start
+        big_enough = rows * bytes_per_sample // MIN_PART_BYTES if MIN_PART_BYTES > 0 else rows
+        k = max(1, min(n, rows, big_enough))
+        bounds = [start + rows * i // k for i in range(k + 1)]
         parts += list(zip(bounds[:-1], bounds[1:]))
     return parts
 

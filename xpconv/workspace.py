@@ -119,7 +119,7 @@ def map_batch(kernel, arrays, out_shape, bytes_per_sample: int):
     run at once: what is alive at once is still about one chunk's.
     """
     like = arrays[0]
-    parts = threads.split(batch_chunks(out_shape[0], bytes_per_sample, like), like)
+    parts = threads.split(batch_chunks(out_shape[0], bytes_per_sample, like), like, bytes_per_sample)
     if len(parts) == 1:
         return kernel(*arrays)
     xp = array_namespace(like)

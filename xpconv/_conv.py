@@ -95,8 +95,8 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
     A chunk is split among host NumPy's threads (``threads.split``): its parts' terms
     are computed at once, then summed sample after sample in order, as one sum over the
     chunk is; the chunks' sums are added in order. So dw is bit-identical for every
-    thread count (the chunks depend on the workspace limit only). The columns of a chunk are dropped
-    before its input-gradient columns are built.
+    thread count (the chunks depend on the workspace limit only). The columns of a
+    chunk are dropped before its input-gradient columns are built.
     """
     xp = array_namespace(x)
     N, C, H, W = x.shape

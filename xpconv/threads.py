@@ -33,8 +33,10 @@ import warnings
 from .devices import is_host_numpy
 
 ENV_VAR = "XPCONV_NUM_THREADS"
-# a part of a chunk holds at least this much scratch (smaller jobs run on fewer threads)
-MIN_PART_BYTES = 256 * 2**10
+# a part of a chunk holds at least this much scratch (smaller jobs run on fewer threads):
+# a guess from noisy measurements on a loaded 2-core machine (README, "Threads"), where
+# SimpleConvNet's batch-100 layers (parts of 1-3 MB) got slower on two threads
+MIN_PART_BYTES = 4 * 2**20
 
 
 def usable_cores() -> int:

@@ -217,7 +217,13 @@ def test_blas_is_one_thread_inside_the_pool_and_restored_after():
 # ----------------------------------------------------------------------------- bit-identical results
 
 DTYPES = [np.float32, np.float64]
-LIMITS = [None, 3 * 2**10]   # the default (one chunk at these sizes), and many chunks
+# the default (one chunk at these sizes), and chunks of a few samples each (a chunk's parts
+# run at once; chunks of one sample cannot be split, so they run one after another)
+LIMITS = [None, "small"]
+
+
+def _small_limit(bytes_per_sample):
+    return None if bytes_per_sample is None else 5 * bytes_per_sample
 
 
 @pytest.mark.parametrize("limit", LIMITS, ids=["default-limit", "small-limit"])
@@ -238,7 +244,8 @@ def test_conv_forward_backward_do_not_depend_on_the_thread_count(case, dtype, li
         y = F.conv2d(x, w, b, stride=s, pad=p, groups=g)
         return (y, *F.conv2d_backward(dy, x, w, stride=s, pad=p, groups=g))
 
-    results = _on_each_thread_count(run, limit)
+    cols_per_sample = C * k * k * OH * OH * x.itemsize
+    results = _on_each_thread_count(run, _small_limit(cols_per_sample) if limit else None)
     _assert_bit_identical(results)
     assert count.on_workers > 0   # the parts did run on the pool
     np.testing.assert_allclose(results[1][0], _reference_conv(x, w, b, s, p, g), rtol=1e-4, atol=1e-4)
@@ -279,7 +286,8 @@ def test_pooling_does_not_depend_on_the_thread_count(mode, k, s, p, dtype, limit
         return (pool(x, k, stride=s, pad=p, rounding="floor"),
                 back(dy, x, k, stride=s, pad=p, rounding="floor"))
 
-    _assert_bit_identical(_on_each_thread_count(run, limit))
+    input_per_sample = 5 * 14 * 14 * x.itemsize
+    _assert_bit_identical(_on_each_thread_count(run, _small_limit(input_per_sample) if limit else None))
     assert count.on_workers > 0
 
 
@@ -301,7 +309,7 @@ def test_training_does_not_depend_on_the_thread_count(dtype, limit):
             opt.update(net.params, net.gradient(x[batch], t[batch]))
         return [xpconv.to_numpy(net.params[name]).copy() for name in sorted(net.params)]
 
-    results = _on_each_thread_count(train, limit)
+    results = _on_each_thread_count(train, 5 * 6 * 9 * 144 * np.dtype(dtype).itemsize if limit else None)
     _assert_bit_identical(results)
     assert not np.array_equal(results[1][0], train_initial(dtype))   # training moved the weights
 

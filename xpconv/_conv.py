@@ -56,7 +56,6 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
     wmat = _filter_matrix(w, groups)                                    # (G, FN/G, C/G*K)
     scratch = _sample_scratch(x, w, geom, groups)
     chunks = batch_chunks(N, scratch, x)
-    parts = threads.split(chunks, x, scratch)
 
     def rows(n0, n1, cols):                                              # (n, FN, OH, OW)
         part = xp.reshape(wmat @ cols, (n1 - n0, FN, OH, OW))           # (n, G, FN/G, P) -> (n, FN, OH, OW)
@@ -64,7 +63,7 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
             part += xp.reshape(b, (1, FN, 1, 1))
         return part
 
-    if len(parts) == 1:
+    if len(chunks) == 1 and threads.split(chunks, x, scratch) == chunks:
         cols = _columns(x, geom, groups)                                # (N, G, C/G*K, P)
         return rows(0, N, cols), (cols if keep_cols else None)
     y = xp.empty((N, FN, OH, OW), dtype=x.dtype, device=device(x))
@@ -79,7 +78,8 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
             cols = kept[n0:n1, ...]
         y = set_rows(y, n0, n1, rows(n0, n1, cols))
 
-    threads.map_chunks(part, parts, x)
+    for chunk in chunks:   # one chunk's parts at once, the chunks one after another
+        threads.map_chunks(part, threads.split([chunk], x, scratch), x)
     return y, kept
 
 

@@ -119,8 +119,8 @@ def map_batch(kernel, arrays, out_shape, bytes_per_sample: int):
     run at once: what is alive at once is still about one chunk's.
     """
     like = arrays[0]
-    parts = threads.split(batch_chunks(out_shape[0], bytes_per_sample, like), like, bytes_per_sample)
-    if len(parts) == 1:
+    chunks = batch_chunks(out_shape[0], bytes_per_sample, like)
+    if len(chunks) == 1 and threads.split(chunks, like, bytes_per_sample) == chunks:
         return kernel(*arrays)
     xp = array_namespace(like)
     out = xp.empty(out_shape, dtype=like.dtype, device=device(like))
@@ -129,5 +129,6 @@ def map_batch(kernel, arrays, out_shape, bytes_per_sample: int):
         nonlocal out  # in place where parts run at once (host NumPy): the same array
         out = set_rows(out, n0, n1, kernel(*(a[n0:n1, ...] for a in arrays)))
 
-    threads.map_chunks(part, parts, like)
+    for chunk in chunks:   # one chunk's parts at once, the chunks one after another
+        threads.map_chunks(part, threads.split([chunk], like, bytes_per_sample), like)
     return out

@@ -16,6 +16,7 @@ from .models import DeepConvNet, LeNet, SimpleConvNet
 from .network import Parameters, Sequential
 from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, get_optimizer
 from .trainer import Trainer, TrainingDiverged
+from .threads import get_num_threads, set_num_threads
 from .workspace import get_workspace_limit, set_workspace_limit, workspace_limit
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ __all__ = [
     "Sequential", "Parameters", "SimpleConvNet", "DeepConvNet", "LeNet",
     "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get_optimizer",
     "Trainer", "TrainingDiverged", "numerical_gradient",
-    # data, memory
+    # data, memory, threads
     "datasets", "get_workspace_limit", "set_workspace_limit", "workspace_limit",
+    "get_num_threads", "set_num_threads",
 ]

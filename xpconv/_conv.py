@@ -11,9 +11,10 @@ Notation::
 """
 from __future__ import annotations
 
+import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
-from . import _windows
+from . import _windows, threads
 from ._geometry import Window2d
 from .workspace import batch_chunks, itemsize, set_rows
 
@@ -43,24 +44,43 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
 
     ``cols`` is the column tensor (N, G, C/G*K, P) when ``keep_cols`` and the whole
     batch fits in one workspace chunk (backward then reuses it), else None.
+
+    The batch goes in chunks (``workspace.batch_chunks``), each split among the threads
+    on host NumPy (``threads.split``); a part builds its columns (into the kept ones,
+    when kept) and writes its rows of ``y``.
     """
     xp = array_namespace(x)
-    N, C, H, W = x.shape
+    N = x.shape[0]
     FN = w.shape[0]
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)                                    # (G, FN/G, C/G*K)
-    chunks = batch_chunks(N, _sample_scratch(x, w, geom, groups), x)
-    y = None if len(chunks) == 1 else xp.empty((N, FN, OH, OW), dtype=x.dtype, device=device(x))
-    for n0, n1 in chunks:
-        cols = _columns(x[n0:n1, ...], geom, groups)                    # (n, G, C/G*K, P)
+    scratch = _sample_scratch(x, w, geom, groups)
+    chunks = batch_chunks(N, scratch, x)
+
+    def rows(n0, n1, cols):                                              # (n, FN, OH, OW)
         part = xp.reshape(wmat @ cols, (n1 - n0, FN, OH, OW))           # (n, G, FN/G, P) -> (n, FN, OH, OW)
         if b is not None:
             part += xp.reshape(b, (1, FN, 1, 1))
-        if len(chunks) == 1:
-            return part, (cols if keep_cols else None)
-        y = set_rows(y, n0, n1, part)
-        del cols, part  # this chunk's scratch goes before the next chunk's is built
-    return y, None
+        return part
+
+    if len(chunks) == 1 and threads.split(chunks, x, scratch) == chunks:
+        cols = _columns(x, geom, groups)                                # (N, G, C/G*K, P)
+        return rows(0, N, cols), (cols if keep_cols else None)
+    y = xp.empty((N, FN, OH, OW), dtype=x.dtype, device=device(x))
+    kept = _kept_columns(x, geom, groups) if keep_cols and len(chunks) == 1 else None
+
+    def part(n0, n1):
+        nonlocal y, kept  # in place where parts run at once (host NumPy): the same arrays
+        if kept is None:
+            cols = _columns(x[n0:n1, ...], geom, groups)  # this part's: gone before the next part's
+        else:
+            kept = _fill_columns(kept, n0, n1, x, geom)
+            cols = kept[n0:n1, ...]
+        y = set_rows(y, n0, n1, rows(n0, n1, cols))
+
+    for chunk in chunks:   # one chunk's parts at once, the chunks one after another
+        threads.map_chunks(part, threads.split([chunk], x, scratch), x)
+    return y, kept
 
 
 def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_grad: bool = True,
@@ -72,7 +92,11 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
         dw   += sum_n dy_n @ cols_n.T        (G, FN/G, P) @ (P, C/G*K)
         dcols = w.T @ dy_n                   (C/G*K, FN/G) @ (FN/G, P), then fold -> dx
 
-    The columns of a chunk are dropped before its input-gradient columns are built.
+    A chunk is split among host NumPy's threads (``threads.split``): its parts' terms
+    are computed at once, then summed sample after sample in order, as one sum over the
+    chunk is; the chunks' sums are added in order. So dw is bit-identical for every
+    thread count (the chunks depend on the workspace limit only). The columns of a
+    chunk are dropped before its input-gradient columns are built.
     """
     xp = array_namespace(x)
     N, C, H, W = x.shape
@@ -81,29 +105,54 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)
     db = xp.sum(dy, axis=(0, 2, 3))
-    chunks = batch_chunks(N, _sample_scratch(x, w, geom, groups), x)
-    # one chunk: dw is its sum (no zeros to add it to)
-    dw = None if len(chunks) == 1 else xp.zeros(wmat.shape, dtype=x.dtype, device=device(x))
+    scratch = _sample_scratch(x, w, geom, groups)
+    chunks = batch_chunks(N, scratch, x)
+    whole = len(chunks) == 1 and threads.split(chunks, x, scratch) == chunks   # one part: no copies
     dx = None
-    if input_grad and len(chunks) > 1:
+    if input_grad and not whole:
         dx = xp.empty(x.shape, dtype=x.dtype, device=device(x))
-    for n0, n1 in chunks:
-        n = n1 - n0
+
+    def grads(n0, n1):                                                  # (n, G, FN/G, P)
+        return xp.reshape(dy[n0:n1, ...], (n1 - n0, G, FN // G, OH * OW))
+
+    def dw_terms(n0, n1):                                               # (n, G, FN/G, C/G*K)
         # columns kept by forward cover the whole batch: usable only as a single chunk
-        c = cols if cols is not None and len(chunks) == 1 else _columns(x[n0:n1, ...], geom, groups)
-        g = xp.reshape(dy[n0:n1, ...], (n, G, FN // G, OH * OW))        # (n, G, FN/G, P)
-        part_dw = xp.sum(g @ xp.matrix_transpose(c), axis=0)           # (G, FN/G, C/G*K)
+        if cols is not None and len(chunks) == 1:
+            c = cols[n0:n1, ...]
+        else:
+            c = _columns(x[n0:n1, ...], geom, groups)
+        return grads(n0, n1) @ xp.matrix_transpose(c)
+
+    def dx_rows(n0, n1):                                                # (n, C, H, W)
+        n = n1 - n0
+        dcols = xp.reshape(xp.matrix_transpose(wmat) @ grads(n0, n1), (n, C, geom.taps, OH, OW))
+        return _windows.fold((dcols[:, :, k, ...] for k in range(geom.taps)), geom, x, (n, C, H, W))
+
+    def dx_part(n0, n1):
+        nonlocal dx  # in place where parts run at once (host NumPy): the same array
+        dx = set_rows(dx, n0, n1, dx_rows(n0, n1))
+
+    dw = None
+    for chunk in chunks:                                                # in order: chunk 0, 1, ...
+        parts = threads.split([chunk], x, scratch)
+        part_dw = None
+        for terms in threads.map_chunks(dw_terms, parts, x):           # the chunk's parts, in order
+            if part_dw is None:
+                part_dw = xp.sum(terms, axis=0)
+            else:  # NumPy sums axis 0 row after row: so does this, continuing the same sum
+                for i in range(terms.shape[0]):
+                    part_dw += terms[i, ...]
+            del terms
         if dw is None:
             dw = part_dw
         else:
             dw += part_dw
-        del c
+        del part_dw
         if input_grad:
-            dcols = xp.reshape(xp.matrix_transpose(wmat) @ g, (n, C, geom.taps, OH, OW))
-            part = _windows.fold((dcols[:, :, k, ...] for k in range(geom.taps)), geom, x, (n, C, H, W))
-            del dcols
-            dx = part if len(chunks) == 1 else set_rows(dx, n0, n1, part)
-            del part
+            if whole:
+                dx = dx_rows(0, N)
+            else:
+                threads.map_chunks(dx_part, parts, x)
     return dx, xp.reshape(dw, w.shape), db
 
 
@@ -135,6 +184,32 @@ def _columns(x, geom: Window2d, groups: int):
     else:
         cols = _windows.unfold(_windows.pad(x, geom), geom)              # (n, C, K, OH, OW)
     return xp.reshape(cols, (n, groups, C // groups * geom.taps, OH * OW))
+
+
+def _kept_columns(x, geom: Window2d, groups: int):
+    """The columns (N, G, C/G*K, P) of the whole batch, for the parts of a forward to fill
+    (:func:`_fill_columns`); a 1x1 kernel's are a view of ``x``, filled already."""
+    xp = array_namespace(x)
+    N, C = x.shape[:2]
+    if geom.taps == 1:
+        return _columns(x, geom, groups)
+    OH, OW = geom.out_hw
+    return xp.empty((N, groups, C // groups * geom.taps, OH * OW), dtype=x.dtype, device=device(x))
+
+
+def _fill_columns(kept, n0: int, n1: int, x, geom: Window2d):
+    """Rows n0:n1 of the columns from :func:`_kept_columns`, written tap by tap (what
+    :func:`_columns` stacks), with no copy of the part's own; returns ``kept``."""
+    if geom.taps == 1:
+        return kept
+    xp = array_namespace(x)
+    N, C = x.shape[:2]
+    OH, OW = geom.out_hw
+    cols = xp.reshape(kept, (N, C, geom.taps, OH, OW))                  # a view: C/G*K = (c, k)
+    x_padded = _windows.pad(x[n0:n1, ...], geom)
+    for k, r, c in _windows.taps(geom):
+        cols = xpx.at(cols)[n0:n1, :, k, ...].set(x_padded[:, :, r, c])
+    return xp.reshape(cols, kept.shape)
 
 
 def _filter_matrix(w, groups: int):

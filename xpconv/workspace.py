@@ -3,6 +3,8 @@
 Window ops process the batch in chunks so that one chunk's largest temporary (the
 columns ``(n, C*FH*FW, OH*OW)`` of a convolution, the padded input of a pooling, ...)
 stays under the limit. Results do not depend on it; only speed and peak memory do.
+On host NumPy with threads (:mod:`xpconv.threads`), each chunk is split among the
+threads, so the scratch alive at once stays about one chunk's whatever the thread count.
 
 Default, per device (:func:`default_limit`): 8 MiB on a CPU (NumPy, torch CPU, JAX CPU,
 array-api-strict; measured best on a 2-core CPU: columns that stay in cache) and a fixed
@@ -24,6 +26,7 @@ import warnings
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
+from . import threads
 from .devices import CPU_WORKSPACE, GPU_WORKSPACE, default_workspace
 
 ENV_VAR = "XPCONV_WORKSPACE_MB"
@@ -111,14 +114,21 @@ def map_batch(kernel, arrays, out_shape, bytes_per_sample: int):
     a time and assembled into one array of ``out_shape`` (dtype and device of ``arrays[0]``).
 
     Each chunk's result is written and dropped before the next chunk is computed, so the
-    scratch alive at once is one chunk's (plus that chunk's result).
+    scratch alive at once is one chunk's (plus that chunk's result). On host NumPy with
+    threads, each chunk is split into one part per thread (``threads.split``) and the parts
+    run at once: what is alive at once is still about one chunk's.
     """
     like = arrays[0]
     chunks = batch_chunks(out_shape[0], bytes_per_sample, like)
-    if len(chunks) == 1:
+    if len(chunks) == 1 and threads.split(chunks, like, bytes_per_sample) == chunks:
         return kernel(*arrays)
     xp = array_namespace(like)
     out = xp.empty(out_shape, dtype=like.dtype, device=device(like))
-    for n0, n1 in chunks:
+
+    def part(n0, n1):
+        nonlocal out  # in place where parts run at once (host NumPy): the same array
         out = set_rows(out, n0, n1, kernel(*(a[n0:n1, ...] for a in arrays)))
+
+    for chunk in chunks:   # one chunk's parts at once, the chunks one after another
+        threads.map_chunks(part, threads.split([chunk], like, bytes_per_sample), like)
     return out

@@ -7,10 +7,16 @@ to set up or to run is reported as ``error: ...`` and the run goes on.
 Names: ``xpconv:<spec>`` for the xpconv device specs ("cpu" = NumPy, "cuda:N" =
 CuPy, "torch", "jax", "array_api_strict"), ``textbook`` (:mod:`xpconv.bench.textbook`,
 NumPy on the CPU), ``torch-cpu`` and ``torch-cuda`` (``torch.nn.functional``).
+
+On a CPU of more than one core, ``xpconv:cpu@1t`` and ``torch-cpu@1t`` are the same
+contenders at one thread (``xpconv.set_num_threads(1)``, ``torch.set_num_threads(1)``,
+set around each call and restored after): beside ``xpconv:cpu`` and ``torch-cpu`` (every
+usable core) they give each library's scaling, and the 1-thread comparison.
 """
 from __future__ import annotations
 
 import fnmatch
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -21,6 +27,7 @@ from .results import error_text
 
 _FAKE_DEVICES = ("array_api_strict:device1",)  # the same host memory under another name
 _IN_PROCESS_BACKENDS = ("cpu", "cuda", "numpy", "cupy")
+_ONE_THREAD = "@1t"  # name suffix of the contenders at one thread
 
 
 def block(out: Any) -> None:
@@ -50,15 +57,37 @@ class Contender:
         is_baseline: a baseline (textbook, torch) rather than xpconv.
         isolated: timed in a process of its own (see :func:`xpconv.bench.runner.run_isolated`).
         error: why setup failed, or None.
+        threads: the library's thread count around each call (None: its default).
     """
 
     name = "?"
     device_class = "cpu"
     is_baseline = True
     isolated = False
+    threads: "int | None" = None
 
     def __init__(self):
         self.error: str | None = None
+
+    def get_threads(self) -> int:
+        raise NotImplementedError
+
+    def set_threads(self, n: int) -> None:
+        raise NotImplementedError
+
+    def at_threads(self, fn: Callable[[], Any]) -> Callable[[], Any]:
+        """``fn`` run at ``self.threads`` threads (the count before is restored after it)."""
+        if self.threads is None:
+            return fn
+
+        def call():
+            before = self.get_threads()
+            self.set_threads(self.threads)
+            try:
+                return fn()
+            finally:
+                self.set_threads(before)
+        return call
 
     def setup(self) -> None:
         """Import the library / open the device; may raise."""
@@ -132,12 +161,19 @@ def torch_simple_convnet(torch: Any) -> Any:
 class TorchContender(Contender):
     """PyTorch (``torch.nn.functional``) on "cpu" or "cuda" (cuDNN, no TF32)."""
 
-    def __init__(self, device: str):
+    def __init__(self, device: str, threads: "int | None" = None):
         super().__init__()
         self.device = device
         self.device_class = device
-        self.name = f"torch-{device}"
+        self.threads = threads
+        self.name = f"torch-{device}" + (_ONE_THREAD if threads == 1 else f"@{threads}t" if threads else "")
         self.torch = None
+
+    def get_threads(self):
+        return self.torch.get_num_threads()
+
+    def set_threads(self, n):
+        self.torch.set_num_threads(n)
 
     def setup(self):
         import torch
@@ -218,14 +254,21 @@ class XpconvContender(Contender):
 
     is_baseline = False
 
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, threads: "int | None" = None):
         super().__init__()
         self.spec = spec
-        self.name = f"xpconv:{spec}"
+        self.threads = threads
+        self.name = f"xpconv:{spec}" + (_ONE_THREAD if threads == 1 else f"@{threads}t" if threads else "")
         self.device_class = spec_class(spec)
         self.isolated = spec.split(":")[0] not in _IN_PROCESS_BACKENDS
         self.xpconv = None
         self.dev = None
+
+    def get_threads(self):
+        return self.xpconv.get_num_threads()
+
+    def set_threads(self, n):
+        self.xpconv.set_num_threads(n)
 
     def setup(self):
         import xpconv
@@ -270,21 +313,36 @@ def make_case(contender: Contender, case: Case) -> Callable[[], Any]:
     data = case_inputs(case)
     p = case.params
     if case.kind == "conv":
-        return contender.conv(data, p["stride"], p["pad"], case.train)
-    if case.kind == "pool":
-        return contender.pool(data, p["size"], p["stride"], case.train)
-    return contender.net(data, case.train)
+        fn = contender.conv(data, p["stride"], p["pad"], case.train)
+    elif case.kind == "pool":
+        fn = contender.pool(data, p["size"], p["stride"], case.train)
+    else:
+        fn = contender.net(data, case.train)
+    return contender.at_threads(fn)
 
 
 def contender_from_name(name: str) -> Contender:
     """Rebuild a contender from its name (in a child process)."""
-    if name == "textbook":
+    base, at, count = name.partition("@")
+    threads = None
+    if at:
+        if not (count.endswith("t") and count[:-1].isdigit() and int(count[:-1]) >= 1):
+            raise SystemExit(f"unknown contender {name!r} (a thread count is written @<n>t, e.g. @1t)")
+        threads = int(count[:-1])
+    if base == "textbook" and threads is None:
         return TextbookContender()
-    if name.startswith("torch-"):
-        return TorchContender(name[len("torch-"):])
-    if name.startswith("xpconv:"):
-        return XpconvContender(name[len("xpconv:"):])
+    if base.startswith("torch-"):
+        return TorchContender(base[len("torch-"):], threads)
+    if base.startswith("xpconv:"):
+        return XpconvContender(base[len("xpconv:"):], threads)
     raise SystemExit(f"unknown contender {name!r}")
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _torch_cuda_available() -> tuple[Any, bool]:
@@ -329,7 +387,12 @@ def discover_contenders(devices: str | None = None, patterns: str | None = None)
         devices: comma-separated xpconv device specs/prefixes (None: every available one).
         patterns: comma-separated ``fnmatch`` patterns over contender names (None: all).
     """
-    contenders: list[Contender] = [XpconvContender(s) for s in xpconv_specs(devices)]
+    specs = xpconv_specs(devices)
+    contenders: list[Contender] = [XpconvContender(s) for s in specs]
+    # at one thread too, last (on a CPU of more than one core): xpconv's threads are NumPy's only
+    one_thread: list[Contender] = []
+    if _usable_cores() > 1:
+        one_thread += [XpconvContender(s, threads=1) for s in specs if s in ("cpu", "numpy")]
     torch, cuda = _torch_cuda_available()
     if devices:
         classes = {spec_class(d) for d in split_patterns(devices)}
@@ -339,8 +402,11 @@ def discover_contenders(devices: str | None = None, patterns: str | None = None)
         contenders.append(TextbookContender())
         if torch is not None:
             contenders.append(TorchContender("cpu"))
+            if _usable_cores() > 1:
+                one_thread.append(TorchContender("cpu", threads=1))
     if "cuda" in classes and cuda:
         contenders.append(TorchContender("cuda"))
+    contenders += one_thread
     pats = split_patterns(patterns)
     if pats:
         contenders = [c for c in contenders if any(fnmatch.fnmatchcase(c.name, p) for p in pats)]

@@ -118,6 +118,9 @@ def format_markdown(run: BenchmarkRun) -> str:
     keys = sorted({k for res in run.cases for k in res.ratios})
     if keys:
         out += ["", "## Ratios (xpconv median / baseline median; < 1 means xpconv is faster)", "",
+                "Baselines are compared at the same thread count; `C@1t / C` is contender C's "
+                "scaling, its median at one thread over its median at every usable core "
+                "(> 1: the threads pay).", "",
                 "| case | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         for res in run.cases:
             vals = [res.ratios.get(k) for k in keys]

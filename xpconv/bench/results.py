@@ -137,7 +137,8 @@ class CaseResult:
 
     Args:
         measurements: contender name -> its measurement, in table order.
-        ratios: ``"<xpconv contender> / <baseline>"`` -> ratio of the medians (None: missing).
+        ratios: ``"<xpconv contender> / <baseline>"`` -> ratio of the medians (None: missing),
+            and ``"<contender>@1t / <contender>"``: its scaling from 1 thread to every core.
         launches: ``"xpconv:torch"`` / ``"torch"`` -> launch proxy of one call (empty: not counted).
     """
 

@@ -112,17 +112,29 @@ def case_result(case: Case, timed: dict[str, Measurement], ceilings: dict) -> Ca
 
 
 def ratios(result: CaseResult, contenders: list[Contender]) -> dict[str, float | None]:
-    """xpconv median / baseline median for every baseline on the same device class."""
+    """Median ratios: ``"X / B"`` for each xpconv contender X and each baseline B on the same
+    device class and at the same thread count (xpconv median / baseline median), and
+    ``"C@1t / C"`` for each contender C also run at one thread (its speed-up from 1 thread
+    to its default, every usable core)."""
+    def median(c):
+        m = result.measurements.get(c.name)
+        return m.median_ms if m is not None else None
+
     out = {}
     for x in contenders:
         if x.is_baseline:
             continue
         for b in contenders:
-            if not b.is_baseline or b.device_class != x.device_class:
+            if not b.is_baseline or b.device_class != x.device_class or b.threads != x.threads:
                 continue
-            mx, mb = (result.measurements[c.name].median_ms if c.name in result.measurements else None
-                      for c in (x, b))
+            mx, mb = median(x), median(b)
             out[f"{x.name} / {b.name}"] = mx / mb if mx and mb else None
+    by_name = {c.name: c for c in contenders}
+    for one in contenders:
+        default = by_name.get(one.name.partition("@")[0]) if one.threads == 1 else None
+        if default is not None:
+            m1, mn = median(one), median(default)
+            out[f"{one.name} / {default.name}"] = m1 / mn if m1 and mn else None
     return out
 
 

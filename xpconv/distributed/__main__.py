@@ -96,7 +96,7 @@ def _has_float64(dev: Device) -> bool:
 
 # ============================================================================ benchmark
 
-_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "XPCONV_NUM_THREADS")
 
 
 def bench(steps: int = 30, batch_size: int = 100, ranks: int = 2, model: str = "simple",

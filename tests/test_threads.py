@@ -1,0 +1,386 @@
+"""Threads on host NumPy (xpconv.threads): the knob, and results that do not depend on it.
+
+Every op and a few training steps are run with 1, 2 and 3 threads and compared bit for
+bit; a small workspace limit makes the batch many chunks, so the parts of a chunk and
+the chunks' partial sums (the filter gradient) are exercised.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+import xpconv
+from xpconv import functional as F, threads
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+THREADS = [1, 2, 3]
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads(monkeypatch):
+    """Restores the thread count; parts of any size (the small test shapes use the pool)."""
+    monkeypatch.setattr(threads, "MIN_PART_BYTES", 0)
+    old = xpconv.get_num_threads()
+    yield
+    xpconv.set_num_threads(old)
+
+
+def _on_each_thread_count(fn, limit=None):
+    """{n: fn()} for each n in THREADS, under the workspace ``limit``."""
+    out = {}
+    with xpconv.workspace_limit(limit):
+        for n in THREADS:
+            xpconv.set_num_threads(n)
+            out[n] = fn()
+    return out
+
+
+def _assert_bit_identical(results):
+    base = results[THREADS[0]]
+    for n, got in results.items():
+        assert len(got) == len(base)
+        for i, (a, b) in enumerate(zip(got, base)):
+            assert a.dtype == b.dtype and a.shape == b.shape
+            assert np.array_equal(a.view(np.uint8), b.view(np.uint8)), \
+                f"output {i} with {n} threads differs from {THREADS[0]} thread"
+
+
+class _CountWorkerJobs:
+    """Counts the jobs of ``threads.map_chunks`` that ran on the pool's worker threads."""
+
+    def __init__(self, monkeypatch):
+        self.on_workers = 0
+        self._lock = threading.Lock()
+        real = threads.map_chunks
+
+        def counting(fn, chunks, like):
+            def job(n0, n1):
+                if threading.current_thread() is not threading.main_thread():
+                    with self._lock:
+                        self.on_workers += 1
+                return fn(n0, n1)
+            return real(job, chunks, like)
+
+        monkeypatch.setattr(threads, "map_chunks", counting)
+
+
+# ----------------------------------------------------------------------------- the knob
+
+def test_default_is_the_usable_cores():
+    assert threads.usable_cores() >= 1
+    if hasattr(os, "sched_getaffinity"):
+        assert threads.usable_cores() == len(os.sched_getaffinity(0))
+    out = _import_with_env("")
+    assert out.returncode == 0 and out.stdout.strip() == str(threads.usable_cores()), out.stderr
+
+
+def test_set_and_get():
+    for n in (1, 2, 5, 1):
+        xpconv.set_num_threads(n)
+        assert xpconv.get_num_threads() == n
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.0, "2", None, True])
+def test_set_num_threads_refuses_a_bad_count(bad):
+    before = xpconv.get_num_threads()
+    with pytest.raises(ValueError, match=r"set_num_threads: expected an int number of threads >= 1; got"):
+        xpconv.set_num_threads(bad)
+    assert xpconv.get_num_threads() == before
+
+
+def _import_with_env(value):
+    env = {**os.environ, "XPCONV_NUM_THREADS": value, "PYTHONPATH": str(ROOT)}
+    code = "import xpconv; print(xpconv.get_num_threads())"
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.parametrize("value, n", [("1", 1), ("3", 3), (" 2 ", 2)])
+def test_env_var_sets_the_count(value, n):
+    out = _import_with_env(value)
+    assert out.returncode == 0 and out.stdout.strip() == str(n), out.stderr
+    assert "XPCONV_NUM_THREADS" not in out.stderr
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2", "1.5", "two"])
+def test_bad_env_var_warns_and_uses_the_default(value):
+    out = _import_with_env(value)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == str(threads.usable_cores())
+    warning = [line for line in out.stderr.splitlines() if "XPCONV_NUM_THREADS" in line]
+    assert warning and repr(value) in warning[0] and "using the default" in warning[0], out.stderr
+
+
+def test_one_thread_uses_no_pool_and_no_threadpoolctl():
+    """1 thread is xpconv without threads: no pool is built, threadpoolctl is never imported."""
+    code = ("import sys, numpy as np, xpconv\n"
+            "from xpconv import functional as F, threads\n"
+            "x = np.ones((64, 3, 16, 16))\n"
+            "with xpconv.workspace_limit(2**14):\n"
+            "    F.conv2d_backward(F.conv2d(x, np.ones((4, 3, 3, 3))), x, np.ones((4, 3, 3, 3)))\n"
+            "    F.max_pool2d(x, 2)\n"
+            "print('threadpoolctl' in sys.modules, threads._pool is None)\n")
+    env = {**os.environ, "XPCONV_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_split_keeps_the_chunks_and_covers_them():
+    x = np.zeros(3)
+    xpconv.set_num_threads(1)
+    assert threads.split([(0, 5), (5, 7)], x) == [(0, 5), (5, 7)]
+    xpconv.set_num_threads(2)
+    assert threads.split([(0, 5), (5, 7), (7, 8)], x) == [(0, 2), (2, 5), (5, 6), (6, 7), (7, 8)]
+    xpconv.set_num_threads(4)
+    assert threads.split([(0, 0)], x) == [(0, 0)]
+    assert threads.split([(0, 10)], x) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+
+
+def test_split_keeps_small_jobs_on_fewer_threads(monkeypatch):
+    monkeypatch.setattr(threads, "MIN_PART_BYTES", 1000)
+    xpconv.set_num_threads(4)
+    x = np.zeros(3)
+    assert threads.split([(0, 10)], x, 100) == [(0, 10)]              # 1000 bytes: one part
+    assert threads.split([(0, 10)], x, 250) == [(0, 5), (5, 10)]      # 2500 bytes: two parts
+    assert threads.split([(0, 10)], x, 10**6) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+
+
+def test_other_libraries_run_one_after_another(backend):
+    """Only host NumPy runs on the pool: other libraries have their own threading."""
+    xpconv.set_num_threads(3)
+    a = backend.asarray(np.zeros(4))
+    expected = 3 if isinstance(a, np.ndarray) else 1
+    assert threads.workers(a) == expected
+    seen = []
+    assert threads.map_chunks(lambda n0, n1: seen.append(threading.current_thread()) or n1 - n0,
+                              [(0, 2), (2, 3)], a) == [2, 1]
+    on_main = [t is threading.main_thread() for t in seen]
+    assert on_main == ([False, False] if expected > 1 else [True, True])
+
+
+def test_map_chunks_keeps_the_order_and_nests():
+    """Results in the order of the chunks; an op inside a job runs in that worker (no deadlock)."""
+    xpconv.set_num_threads(2)
+    x = np.zeros(1)
+
+    def job(n0, n1):
+        inner = threads.map_chunks(lambda a, b: threading.current_thread(), [(0, 1), (1, 2)], x)
+        assert inner == [threading.current_thread()] * 2
+        return n0
+
+    assert threads.map_chunks(job, [(i, i + 1) for i in range(9)], x) == list(range(9))
+
+
+def test_at_most_n_parts_run_at_once():
+    """A pool built for more threads is not used for fewer: the memory bound counts n parts."""
+    import time
+    x = np.zeros(1)
+    xpconv.set_num_threads(3)
+    threads.map_chunks(lambda a, b: None, [(0, 1), (1, 2), (2, 3)], x)   # a pool of 3 exists
+    xpconv.set_num_threads(2)
+    lock, active, most = threading.Lock(), [0], [0]
+
+    def job(n0, n1):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)
+        with lock:
+            active[0] -= 1
+
+    threads.map_chunks(job, [(i, i + 1) for i in range(6)], x)
+    assert most[0] == 2
+
+
+def test_blas_is_one_thread_inside_the_pool_and_restored_after():
+    threadpoolctl = pytest.importorskip("threadpoolctl", reason="BLAS limits are set with threadpoolctl")
+    if not threadpoolctl.threadpool_info():
+        pytest.skip("no BLAS library that threadpoolctl sees")
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    xpconv.set_num_threads(2)
+    inside = threads.map_chunks(
+        lambda n0, n1: [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"],
+        [(0, 1), (1, 2)], np.zeros(1))
+    assert inside == [[1] * len(before)] * 2
+    after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    assert after == before
+
+
+# ----------------------------------------------------------------------------- bit-identical results
+
+DTYPES = [np.float32, np.float64]
+# the default (one chunk at these sizes), and chunks of a few samples each (a chunk's parts
+# run at once; chunks of one sample cannot be split, so they run one after another)
+LIMITS = [None, "small"]
+
+
+def _small_limit(bytes_per_sample):
+    return None if bytes_per_sample is None else 5 * bytes_per_sample
+
+
+@pytest.mark.parametrize("limit", LIMITS, ids=["default-limit", "small-limit"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("case", [  # C, FN, kernel, stride, pad, groups
+    (3, 8, 3, 1, 1, 1), (4, 6, 5, 2, 2, 2), (6, 4, 1, 1, 0, 1)], ids=["3x3", "5x5-s2-g2", "1x1"])
+def test_conv_forward_backward_do_not_depend_on_the_thread_count(case, dtype, limit, monkeypatch):
+    C, FN, k, s, p, g = case
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((23, C, 13, 13)).astype(dtype)
+    w = rng.standard_normal((FN, C // g, k, k)).astype(dtype)
+    b = rng.standard_normal(FN).astype(dtype)
+    OH = (13 + 2 * p - k) // s + 1
+    dy = rng.standard_normal((23, FN, OH, OH)).astype(dtype)
+    count = _CountWorkerJobs(monkeypatch)
+
+    def run():
+        y = F.conv2d(x, w, b, stride=s, pad=p, groups=g)
+        return (y, *F.conv2d_backward(dy, x, w, stride=s, pad=p, groups=g))
+
+    cols_per_sample = C * k * k * OH * OH * x.itemsize
+    results = _on_each_thread_count(run, _small_limit(cols_per_sample) if limit else None)
+    _assert_bit_identical(results)
+    assert count.on_workers > 0   # the parts did run on the pool
+    np.testing.assert_allclose(results[1][0], _reference_conv(x, w, b, s, p, g), rtol=1e-4, atol=1e-4)
+
+
+def _reference_conv(x, w, b, s, p, g):
+    """Naive grouped convolution, float64."""
+    x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
+    N, C, H, W = x.shape
+    FN, Cg, k, _ = w.shape
+    OH = (H - k) // s + 1
+    y = np.empty((N, FN, OH, OH))
+    for f in range(FN):
+        c0 = f // (FN // g) * Cg
+        for i in range(OH):
+            for j in range(OH):
+                win = x[:, c0:c0 + Cg, i * s:i * s + k, j * s:j * s + k]
+                y[:, f, i, j] = np.sum(win * w[f], axis=(1, 2, 3)) + b[f]
+    return y
+
+
+@pytest.mark.parametrize("limit", LIMITS, ids=["default-limit", "small-limit"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "float64"])
+@pytest.mark.parametrize("mode, k, s, p", [("max", 2, 2, 0), ("max", 3, 1, 1), ("avg", 3, 2, 1),
+                                           ("avg", 2, 2, 0)], ids=["max2", "max3-pad", "avg3-pad", "avg2"])
+def test_pooling_does_not_depend_on_the_thread_count(mode, k, s, p, dtype, limit, monkeypatch):
+    rng = np.random.default_rng(12)
+    x = rng.standard_normal((21, 5, 12, 12)).astype(dtype)
+    x[3, 1, 2, :4] = np.nan
+    x[7] = np.round(x[7])                         # ties: the first maximum takes the gradient
+    OH = (12 + 2 * p - k) // s + 1
+    dy = rng.standard_normal((21, 5, OH, OH)).astype(dtype)
+    count = _CountWorkerJobs(monkeypatch)
+    pool, back = ((F.max_pool2d, F.max_pool2d_backward) if mode == "max"
+                  else (F.avg_pool2d, F.avg_pool2d_backward))
+
+    def run():
+        return (pool(x, k, stride=s, pad=p, rounding="floor"),
+                back(dy, x, k, stride=s, pad=p, rounding="floor"))
+
+    input_per_sample = 5 * 14 * 14 * x.itemsize
+    _assert_bit_identical(_on_each_thread_count(run, _small_limit(input_per_sample) if limit else None))
+    assert count.on_workers > 0
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("limit", LIMITS, ids=["default-limit", "small-limit"])
+def test_training_does_not_depend_on_the_thread_count(dtype, limit):
+    """A few seeded SGD steps of a small SimpleConvNet: bit-identical parameters."""
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((40, 1, 12, 12)).astype(dtype)
+    t = rng.integers(0, 10, 40)
+
+    def train():
+        net = xpconv.SimpleConvNet(input_dim=(1, 12, 12), conv_param={"filter_num": 6, "filter_size": 3,
+                                   "pad": 1, "stride": 1}, hidden_size=20, seed=3, dtype=dtype,
+                                   weight_init_std="he")
+        opt = xpconv.Momentum(lr=0.05)
+        for step in range(4):
+            batch = slice(10 * step, 10 * step + 20)
+            opt.update(net.params, net.gradient(x[batch], t[batch]))
+        return [xpconv.to_numpy(net.params[name]).copy() for name in sorted(net.params)]
+
+    results = _on_each_thread_count(train, 5 * 6 * 9 * 144 * np.dtype(dtype).itemsize if limit else None)
+    _assert_bit_identical(results)
+    assert not np.array_equal(results[1][0], train_initial(dtype))   # training moved the weights
+
+
+def train_initial(dtype):
+    net = xpconv.SimpleConvNet(input_dim=(1, 12, 12), conv_param={"filter_num": 6, "filter_size": 3,
+                               "pad": 1, "stride": 1}, hidden_size=20, seed=3, dtype=dtype,
+                               weight_init_std="he")
+    return xpconv.to_numpy(net.params[sorted(net.params)[0]])
+
+
+# ----------------------------------------------------------------------------- memory
+
+@pytest.mark.parametrize("op", ["conv", "max_pool", "avg_pool"])
+def test_scratch_stays_bounded_with_threads(op):
+    """With 3 threads the parts of a chunk run at once: the scratch alive at once is still
+    bounded as with one (tests/test_memory.py's bound, traced with tracemalloc)."""
+    import tracemalloc
+    rng = np.random.default_rng(14)
+    x = rng.standard_normal((24, 8, 24, 24))
+    w = rng.standard_normal((8, 8, 3, 3))
+    dy = rng.standard_normal((24, 8, 24 if op == "conv" else 12, 24 if op == "conv" else 12))
+    limit = 2**20
+
+    def run():
+        if op == "conv":
+            return (F.conv2d(x, w, None, pad=1), *F.conv2d_backward(dy, x, w, pad=1))
+        pool, back = ((F.max_pool2d, F.max_pool2d_backward) if op == "max_pool"
+                      else (F.avg_pool2d, F.avg_pool2d_backward))
+        return pool(x, 2), back(dy, x, 2)
+
+    xpconv.set_num_threads(3)
+    with xpconv.workspace_limit(limit):
+        run()
+        tracemalloc.start()
+        try:
+            out = run()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    extra = peak - sum(o.nbytes for o in out if o is not None)
+    one_sample_cols = 8 * 9 * 24 * 24 * x.itemsize
+    assert extra <= 2 * limit + one_sample_cols, f"{extra / 2**20:.2f} MiB"
+
+
+# ----------------------------------------------------------------------------- bench: 1-thread contenders
+
+def test_bench_one_thread_contenders_round_trip_and_set_their_threads():
+    from xpconv.bench import contenders as bench
+    one = bench.contender_from_name("xpconv:cpu@1t")
+    assert (one.name, one.threads, one.spec) == ("xpconv:cpu@1t", 1, "cpu")
+    assert bench.contender_from_name("xpconv:cpu").threads is None
+    with pytest.raises(SystemExit, match="unknown contender"):
+        bench.contender_from_name("xpconv:cpu@zero")
+    assert one.try_setup(), one.error
+    xpconv.set_num_threads(2)
+    seen = []
+    call = one.at_threads(lambda: seen.append(xpconv.get_num_threads()))
+    call()
+    assert seen == [1] and xpconv.get_num_threads() == 2   # set around the call, restored after
+
+
+def test_bench_ratios_pair_equal_thread_counts_and_give_the_scaling():
+    from xpconv.bench import contenders as bench
+    from xpconv.bench.cases import build_cases
+    from xpconv.bench.results import CaseResult, Measurement
+    from xpconv.bench.runner import ratios
+    names = ["xpconv:cpu", "torch-cpu", "xpconv:cpu@1t", "torch-cpu@1t"]
+    contenders = [bench.contender_from_name(n) for n in names]
+    medians = dict(zip(names, [2.0, 4.0, 3.0, 6.0]))
+    result = CaseResult(build_cases(True)[0], {n: Measurement(samples_ms=[m]) for n, m in medians.items()})
+    assert ratios(result, contenders) == {
+        "xpconv:cpu / torch-cpu": 0.5, "xpconv:cpu@1t / torch-cpu@1t": 0.5,
+        "xpconv:cpu@1t / xpconv:cpu": 1.5, "torch-cpu@1t / torch-cpu": 1.5}

@@ -15,8 +15,10 @@ depends on the workspace limit only).
 Other libraries (torch, JAX, CuPy, array-api-strict) keep their own threading: their
 parts are the chunks themselves, computed one after another.
 
-Default: the number of usable cores (``os.sched_getaffinity``), or ``XPCONV_NUM_THREADS``.
-``set_num_threads(1)`` is xpconv without threads (no pool, no ``threadpoolctl``).
+Default: 1 (no threads), or ``XPCONV_NUM_THREADS``. Measured on a 2-core machine, two
+threads did not make these ops faster (README, "Threads"), so threads are opt-in:
+``set_num_threads(usable_cores())``. ``set_num_threads(1)`` is xpconv without threads (no
+pool, no ``threadpoolctl``).
 
 >>> import xpconv
 >>> xpconv.set_num_threads(1)
@@ -61,12 +63,14 @@ def _threads_from_env(default: int) -> int:
         n = 0
     if n < 1:
         warnings.warn(f"{ENV_VAR}={text!r} is not a whole number of threads >= 1; ignoring it and "
-                      f"using the default of {default} (the usable cores)", RuntimeWarning, stacklevel=2)
+                      f"using the default of {default}", RuntimeWarning, stacklevel=2)
         return default
     return n
 
 
-_num_threads: int = _threads_from_env(usable_cores())
+# opt-in: two threads measured no faster than one on this project's 2-core machine
+DEFAULT_THREADS = 1
+_num_threads: int = _threads_from_env(DEFAULT_THREADS)
 _pool: "concurrent.futures.ThreadPoolExecutor | None" = None
 _pool_size = 0
 _pool_lock = threading.Lock()

@@ -260,12 +260,13 @@ def test_cli_distributed_reproduces_one_process_and_only_rank_0_prints_and_saves
 
 
 def test_a_rank_that_raises_ends_the_whole_job():
-    done, seconds = _mpi(2, str(WORKER), "raise")
+    """Rank 0 waits in a barrier that rank 1 never reaches: without the abort the job hangs
+    and ``subprocess.run`` raises TimeoutExpired (a hang fails; no wall-clock bound beyond)."""
+    done, _ = _mpi(2, str(WORKER), "raise")
     assert done.returncode != 0
     assert "rank 1 of 2 failed; aborting all ranks" in done.stderr
     assert "RuntimeError: rank 1 fails on purpose" in done.stderr
     assert "passed the barrier" not in done.stdout
-    assert seconds < TIMEOUT / 2, f"the job took {seconds:.0f} s to end"  # not a hang
 
 
 def test_divergence_stops_every_rank_at_the_same_step():

@@ -26,11 +26,23 @@ SYNCS = {"_local_scalar_dense", "is_nonzero", "nonzero", "item"}
 
 
 class CountOps(TorchDispatchMode):
-    """Counts the aten ops that launch kernels (``ops``) and the blocking syncs (``syncs``)."""
+    """Counts the aten ops that launch kernels (``ops``) and the blocking syncs (``syncs``),
+    with the kernels choosing their paths as on a GPU (``devices.as_on_a_gpu``)."""
 
     def __init__(self, *, forbid_syncs: bool = False):
         super().__init__()
         self.ops, self.syncs, self.forbid_syncs = [], [], forbid_syncs
+        self._as_gpu = devices.as_on_a_gpu()
+
+    def __enter__(self):
+        self._as_gpu.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self._as_gpu.__exit__(*exc)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
@@ -117,7 +129,8 @@ def test_block_max_pool_is_a_few_ops_and_never_syncs(shape, budget):
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.standard_normal(shape), dtype=torch.float32)
     pool = xpconv.Pooling(2, 2, stride=2, rounding="floor")
-    pool.backward(pool.forward(x))                      # builds the constants
+    with devices.as_on_a_gpu():                         # builds the GPU path's constants
+        pool.backward(pool.forward(x))
     with CountOps(forbid_syncs=True) as count:
         pool.backward(pool.forward(x))
     assert len(count.ops) <= budget, (len(count.ops), count.ops)

@@ -222,7 +222,9 @@ def test_fused_adam_is_13_ops_and_sync_free():
     net = xpconv.SimpleConvNet(device=torch_dev, seed=0)
     grads = random_grads(net, torch_dev, np.random.default_rng(0), 0.01)
     opt = Adam()
-    opt.update(net.params, grads)                      # state is created here
+    from xpconv.devices import as_on_a_gpu
+    with as_on_a_gpu():
+        opt.update(net.params, grads)                  # state is created here, laid out as on a GPU
     with count_launches(forbid_syncs=True) as fused:
         opt.update(net.params, grads)
     plain = dict(net.params)

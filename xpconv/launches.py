@@ -30,6 +30,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from .devices import as_on_a_gpu
+
 __all__ = ["LaunchCount", "count_launches", "simple_convnet_step_counts", "NOT_KERNELS"]
 
 # aten ops that launch no kernel besides views (``OpOverload.is_view``) and in-place
@@ -153,7 +155,7 @@ def count_launches(*, forbid_syncs: bool = False, device: "str | None" = None) -
     try:
         for name in originals:
             setattr(torch.Tensor, name, host_read(name))
-        with _Counter():
+        with _Counter(), as_on_a_gpu():      # the kernels' paths as on a GPU
             yield count
     finally:
         for name, original in originals.items():

@@ -6,6 +6,7 @@ jax, and a GPU machine adds cupy.
 """
 from __future__ import annotations
 
+import gc
 import tracemalloc
 
 import numpy as np
@@ -77,3 +78,27 @@ def peak_traced_bytes(fn) -> int:
         return tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
+
+
+def _nbytes(out) -> int:
+    if out is None:
+        return 0
+    if isinstance(out, (tuple, list)):
+        return sum(_nbytes(o) for o in out)
+    return out.nbytes
+
+
+def traced_extra_bytes(fn) -> int:
+    """Peak traced bytes while ``fn()`` runs, less the bytes of what it returns.
+
+    One untraced call first, so that lazy imports and caches of a first call are not counted.
+    """
+    fn()
+    gc.collect()
+    tracemalloc.start()
+    try:
+        out = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - _nbytes(out)

@@ -11,40 +11,14 @@ sample). The shapes make every op run in several chunks under the limits used.
 """
 from __future__ import annotations
 
-import gc
-import tracemalloc
-
 import numpy as np
 import pytest
 
 import xpconv
+from conftest import traced_extra_bytes
 from xpconv import functional as F
 
 LIMITS = [2**20, 3 * 2**20]
-
-
-def _nbytes(out) -> int:
-    if out is None:
-        return 0
-    if isinstance(out, (tuple, list)):
-        return sum(_nbytes(o) for o in out)
-    return out.nbytes
-
-
-def _traced_extra(fn) -> int:
-    """Peak traced bytes while ``fn()`` runs, less the bytes of what it returns.
-
-    One untraced call first, so that lazy imports and caches of a first call are not counted.
-    """
-    fn()
-    gc.collect()
-    tracemalloc.start()
-    try:
-        out = fn()
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    return peak - _nbytes(out)
 
 
 def _one_sample_cols(x, k, out_hw) -> int:
@@ -76,7 +50,7 @@ def test_conv_forward_backward_scratch_is_bounded(case, limit):
         return (y, *F.conv2d_backward(dy, x, w, stride=s, pad=p, rounding="floor"))
 
     with xpconv.workspace_limit(limit):
-        extra = _traced_extra(run)
+        extra = traced_extra_bytes(run)
     bound = 2 * limit + _one_sample_cols(x, (k, k), (OH, OH))
     assert extra <= bound, f"{extra / 2**20:.2f} MiB of scratch > bound {bound / 2**20:.2f} MiB"
 
@@ -97,7 +71,7 @@ def test_convolution_layer_scratch_beyond_its_kept_columns_is_bounded():
         return y, conv.backward(dy), conv.dW, conv.db
 
     with xpconv.workspace_limit(limit):
-        extra = _traced_extra(run)
+        extra = traced_extra_bytes(run)
     assert extra <= 2 * limit + kept, f"{extra / 2**20:.2f} MiB"
 
 
@@ -125,6 +99,6 @@ def test_pool_forward_backward_scratch_is_bounded(case, mode, limit):
         return forward(x, k, s, p, rounding="floor"), backward(dy, x, k, s, p, rounding="floor")
 
     with xpconv.workspace_limit(limit):
-        extra = _traced_extra(run)
+        extra = traced_extra_bytes(run)
     bound = 2 * limit + _one_sample_cols(x, (k, k), (OH, OH))
     assert extra <= bound, f"{extra / 2**20:.2f} MiB of scratch > bound {bound / 2**20:.2f} MiB"

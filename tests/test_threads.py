@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 import xpconv
+from conftest import traced_extra_bytes
 from xpconv import functional as F, threads
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -329,7 +330,6 @@ def train_initial(dtype):
 def test_scratch_stays_bounded_with_threads(op):
     """With 3 threads the parts of a chunk run at once: the scratch alive at once is still
     bounded as with one (tests/test_memory.py's bound, traced with tracemalloc)."""
-    import tracemalloc
     rng = np.random.default_rng(14)
     x = rng.standard_normal((24, 8, 24, 24))
     w = rng.standard_normal((8, 8, 3, 3))
@@ -345,14 +345,7 @@ def test_scratch_stays_bounded_with_threads(op):
 
     xpconv.set_num_threads(3)
     with xpconv.workspace_limit(limit):
-        run()
-        tracemalloc.start()
-        try:
-            out = run()
-            _, peak = tracemalloc.get_traced_memory()
-        finally:
-            tracemalloc.stop()
-    extra = peak - sum(o.nbytes for o in out if o is not None)
+        extra = traced_extra_bytes(run)
     one_sample_cols = 8 * 9 * 24 * 24 * x.itemsize
     assert extra <= 2 * limit + one_sample_cols, f"{extra / 2**20:.2f} MiB"
 

@@ -64,16 +64,16 @@ def meta_is_a_gpu(monkeypatch):
 
 @pytest.fixture
 def chunk_counts(monkeypatch):
-    """The number of chunks of every batch_chunks call of the conv kernels."""
+    """The number of chunks of every ``workspace.chunked`` call of the conv kernels."""
     from xpconv import _conv
-    counts, real = [], workspace.batch_chunks
+    counts, real = [], workspace.chunked
 
     def spy(*args, **kwargs):
-        chunks = real(*args, **kwargs)
+        chunks, workers = real(*args, **kwargs)
         counts.append(len(chunks))
-        return chunks
+        return chunks, workers
 
-    monkeypatch.setattr(_conv, "batch_chunks", spy)
+    monkeypatch.setattr(_conv, "chunked", spy)
     return counts
 
 

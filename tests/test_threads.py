@@ -1,8 +1,9 @@
 """Threads on host NumPy (xpconv.threads): the knob, and results that do not depend on it.
 
 Every op and a few training steps are run with 1, 2 and 3 threads and compared bit for
-bit; a small workspace limit makes the batch many chunks, so the parts of a chunk and
-the chunks' partial sums (the filter gradient) are exercised.
+bit; the chunks differ with the thread count (each of n workers takes chunks of 1/n of
+the limit), and a small workspace limit makes them many, so the chunks' order on the pool
+and the filter gradient's sum over them are exercised.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 import xpconv
 from conftest import traced_extra_bytes
-from xpconv import functional as F, threads
+from xpconv import functional as F, threads, workspace
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 THREADS = [1, 2, 3]
@@ -25,8 +26,8 @@ THREADS = [1, 2, 3]
 
 @pytest.fixture(autouse=True)
 def _restore_threads(monkeypatch):
-    """Restores the thread count; parts of any size (the small test shapes use the pool)."""
-    monkeypatch.setattr(threads, "MIN_PART_BYTES", 0)
+    """Restores the thread count; ops of any size (the small test shapes use the pool)."""
+    monkeypatch.setattr(threads, "MIN_THREADED_BYTES", 0)
     old = xpconv.get_num_threads()
     yield
     xpconv.set_num_threads(old)
@@ -53,34 +54,34 @@ def _assert_bit_identical(results):
 
 
 class _CountWorkerJobs:
-    """Counts the jobs of ``threads.map_chunks`` that ran on the pool's worker threads."""
+    """Counts the jobs of ``threads.imap_chunks`` that ran on the pool's worker threads."""
 
     def __init__(self, monkeypatch):
         self.on_workers = 0
         self._lock = threading.Lock()
-        real = threads.map_chunks
+        real = threads.imap_chunks
 
-        def counting(fn, chunks, like):
+        def counting(fn, chunks, n):
             def job(n0, n1):
                 if threading.current_thread() is not threading.main_thread():
                     with self._lock:
                         self.on_workers += 1
                 return fn(n0, n1)
-            return real(job, chunks, like)
+            return real(job, chunks, n)
 
-        monkeypatch.setattr(threads, "map_chunks", counting)
+        monkeypatch.setattr(threads, "imap_chunks", counting)
 
 
 # ----------------------------------------------------------------------------- the knob
 
-def test_default_is_one_thread_and_usable_cores_are_counted():
-    """Threads are opt-in (two measured no faster than one on 2 cores); ``usable_cores()`` is
-    what to ask for to use them all."""
+def test_default_is_the_usable_cores():
+    """As ``torch.get_num_threads()``: every core this process may run on (its affinity)."""
     assert threads.usable_cores() >= 1
     if hasattr(os, "sched_getaffinity"):
         assert threads.usable_cores() == len(os.sched_getaffinity(0))
     out = _import_with_env("")
-    assert out.returncode == 0 and out.stdout.strip() == str(threads.DEFAULT_THREADS) == "1", out.stderr
+    assert out.returncode == 0 and out.stdout.strip() == str(threads.usable_cores()), out.stderr
+    assert threads.DEFAULT_THREADS == threads.usable_cores()
 
 
 def test_set_and_get():
@@ -123,7 +124,7 @@ def test_bad_env_var_warns_and_uses_the_default(value):
 def test_one_thread_uses_no_pool_and_no_threadpoolctl():
     """1 thread is xpconv without threads: no pool is built, threadpoolctl is never imported."""
     code = ("import sys, numpy as np, xpconv\n"
-            "from xpconv import functional as F, threads\n"
+            "from xpconv import functional as F, threads, workspace\n"
             "x = np.ones((64, 3, 16, 16))\n"
             "with xpconv.workspace_limit(2**14):\n"
             "    F.conv2d_backward(F.conv2d(x, np.ones((4, 3, 3, 3))), x, np.ones((4, 3, 3, 3)))\n"
@@ -136,71 +137,98 @@ def test_one_thread_uses_no_pool_and_no_threadpoolctl():
     assert out.stdout.split() == ["False", "True"]
 
 
-def test_split_keeps_the_chunks_and_covers_them():
+def test_chunks_share_the_limit_among_the_workers():
     x = np.zeros(3)
-    xpconv.set_num_threads(1)
-    assert threads.split([(0, 5), (5, 7)], x) == [(0, 5), (5, 7)]
-    xpconv.set_num_threads(2)
-    assert threads.split([(0, 5), (5, 7), (7, 8)], x) == [(0, 2), (2, 5), (5, 6), (6, 7), (7, 8)]
-    xpconv.set_num_threads(4)
-    assert threads.split([(0, 0)], x) == [(0, 0)]
-    assert threads.split([(0, 10)], x) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    with xpconv.workspace_limit(1000):
+        assert workspace.batch_chunks(7, 200, x) == [(0, 5), (5, 7)]
+        assert workspace.batch_chunks(7, 200, x, workers=2) == [(0, 2), (2, 4), (4, 6), (6, 7)]
+        assert workspace.batch_chunks(3, 10**6, x, workers=4) == [(0, 1), (1, 2), (2, 3)]  # >= 1 sample
+        assert workspace.batch_chunks(0, 200, x, workers=2) == [(0, 0)]
 
 
-def test_split_keeps_small_jobs_on_fewer_threads(monkeypatch):
-    monkeypatch.setattr(threads, "MIN_PART_BYTES", 1000)
-    xpconv.set_num_threads(4)
-    x = np.zeros(3)
-    assert threads.split([(0, 10)], x, 100) == [(0, 10)]              # 1000 bytes: one part
-    assert threads.split([(0, 10)], x, 250) == [(0, 5), (5, 10)]      # 2500 bytes: two parts
-    assert threads.split([(0, 10)], x, 10**6) == [(0, 2), (2, 5), (5, 7), (7, 10)]
-
-
-def test_other_libraries_run_one_after_another(backend):
-    """Only host NumPy runs on the pool: other libraries have their own threading."""
+def test_small_ops_and_other_libraries_stay_on_the_calling_thread(backend, monkeypatch):
+    """Only host NumPy runs on the pool (other libraries have their own threading), and
+    only for an op of at least MIN_THREADED_BYTES."""
+    monkeypatch.setattr(threads, "MIN_THREADED_BYTES", 1000)
     xpconv.set_num_threads(3)
     a = backend.asarray(np.zeros(4))
     expected = 3 if isinstance(a, np.ndarray) else 1
     assert threads.workers(a) == expected
+    assert threads.workers_for(a, 1000) == expected
+    assert threads.workers_for(a, 999) == 1
+    chunks, n = workspace.chunked(10, 100, a)
+    assert n == expected and len(chunks) == (1 if n == 1 else 1)   # 1000 bytes: one chunk either way
+    with xpconv.workspace_limit(300):
+        assert workspace.chunked(10, 100, a) == (workspace.batch_chunks(10, 100, a, expected), expected)
+
+
+def test_imap_chunks_runs_on_the_pool_in_order():
+    xpconv.set_num_threads(2)
     seen = []
-    assert threads.map_chunks(lambda n0, n1: seen.append(threading.current_thread()) or n1 - n0,
-                              [(0, 2), (2, 3)], a) == [2, 1]
-    on_main = [t is threading.main_thread() for t in seen]
-    assert on_main == ([False, False] if expected > 1 else [True, True])
+    out = list(threads.imap_chunks(lambda n0, n1: seen.append(threading.current_thread()) or n1 - n0,
+                                   [(0, 2), (2, 3), (3, 7)], 2))
+    assert out == [2, 1, 4]
+    assert not any(t is threading.main_thread() for t in seen)
+    seen.clear()
+    assert list(threads.imap_chunks(lambda n0, n1: seen.append(threading.current_thread()) or n0,
+                                    [(0, 2), (2, 3)], 1)) == [0, 2]
+    assert seen == [threading.main_thread()] * 2     # one worker: the calling thread
 
 
-def test_map_chunks_keeps_the_order_and_nests():
-    """Results in the order of the chunks; an op inside a job runs in that worker (no deadlock)."""
+def test_an_op_inside_a_job_runs_in_that_worker():
+    """Nesting: an op called from a job does not use the pool (no deadlock, no oversubscription)."""
     xpconv.set_num_threads(2)
     x = np.zeros(1)
 
     def job(n0, n1):
-        inner = threads.map_chunks(lambda a, b: threading.current_thread(), [(0, 1), (1, 2)], x)
-        assert inner == [threading.current_thread()] * 2
+        assert threads.workers_for(x, 10**12) == 1
         return n0
 
-    assert threads.map_chunks(job, [(i, i + 1) for i in range(9)], x) == list(range(9))
+    assert list(threads.imap_chunks(job, [(i, i + 1) for i in range(9)], 2)) == list(range(9))
 
 
-def test_at_most_n_parts_run_at_once():
-    """A pool built for more threads is not used for fewer: the memory bound counts n parts."""
+def test_at_most_n_jobs_run_at_once_and_none_runs_ahead():
+    """The memory bound counts n chunks: at most n jobs are running or waiting to be consumed,
+    also with a pool built for more threads."""
     import time
-    x = np.zeros(1)
     xpconv.set_num_threads(3)
-    threads.map_chunks(lambda a, b: None, [(0, 1), (1, 2), (2, 3)], x)   # a pool of 3 exists
+    list(threads.imap_chunks(lambda a, b: None, [(0, 1), (1, 2), (2, 3)], 3))   # a pool of 3 exists
     xpconv.set_num_threads(2)
-    lock, active, most = threading.Lock(), [0], [0]
+    lock, active, most, started = threading.Lock(), [0], [0], []
 
     def job(n0, n1):
         with lock:
+            started.append(n0)
             active[0] += 1
             most[0] = max(most[0], active[0])
         time.sleep(0.02)
         with lock:
             active[0] -= 1
+        return n0
 
-    threads.map_chunks(job, [(i, i + 1) for i in range(6)], x)
+    for i in threads.imap_chunks(job, [(i, i + 1) for i in range(6)], 2):
+        time.sleep(0.05)              # a slow consumer: the workers must not run ahead of it
+        with lock:
+            assert max(started) <= i + 1     # n = 2 alive: result i and job i+1
     assert most[0] == 2
+
+
+def test_an_error_in_a_job_is_raised_after_every_job_has_stopped():
+    import time
+    xpconv.set_num_threads(2)
+    finished = []
+
+    def job(n0, n1):
+        if n0 == 1:
+            raise ValueError("job 1 failed")
+        time.sleep(0.05)
+        finished.append(n0)
+
+    with pytest.raises(ValueError, match="job 1 failed"):
+        list(threads.imap_chunks(job, [(i, i + 1) for i in range(6)], 2))
+    settled = list(finished)
+    time.sleep(0.2)
+    assert finished == settled and 5 not in finished    # nothing still running, nothing queued ran
 
 
 def test_blas_is_one_thread_inside_the_pool_and_restored_after():
@@ -209,9 +237,9 @@ def test_blas_is_one_thread_inside_the_pool_and_restored_after():
         pytest.skip("no BLAS library that threadpoolctl sees")
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
     xpconv.set_num_threads(2)
-    inside = threads.map_chunks(
+    inside = list(threads.imap_chunks(
         lambda n0, n1: [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"],
-        [(0, 1), (1, 2)], np.zeros(1))
+        [(0, 1), (1, 2)], 2))
     assert inside == [[1] * len(before)] * 2
     after = [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
     assert after == before
@@ -220,8 +248,8 @@ def test_blas_is_one_thread_inside_the_pool_and_restored_after():
 # ----------------------------------------------------------------------------- bit-identical results
 
 DTYPES = [np.float32, np.float64]
-# the default (one chunk at these sizes), and chunks of a few samples each (a chunk's parts
-# run at once; chunks of one sample cannot be split, so they run one after another)
+# the default (one chunk on one thread at these sizes, a few with more threads), and chunks
+# of a few samples each
 LIMITS = [None, "small"]
 
 
@@ -250,7 +278,7 @@ def test_conv_forward_backward_do_not_depend_on_the_thread_count(case, dtype, li
     cols_per_sample = C * k * k * OH * OH * x.itemsize
     results = _on_each_thread_count(run, _small_limit(cols_per_sample) if limit else None)
     _assert_bit_identical(results)
-    assert count.on_workers > 0   # the parts did run on the pool
+    assert count.on_workers > 0 or not limit   # the chunks did run on the pool (one chunk: no pool)
     np.testing.assert_allclose(results[1][0], _reference_conv(x, w, b, s, p, g), rtol=1e-4, atol=1e-4)
 
 
@@ -291,7 +319,7 @@ def test_pooling_does_not_depend_on_the_thread_count(mode, k, s, p, dtype, limit
 
     input_per_sample = 5 * 14 * 14 * x.itemsize
     _assert_bit_identical(_on_each_thread_count(run, _small_limit(input_per_sample) if limit else None))
-    assert count.on_workers > 0
+    assert count.on_workers > 0 or not limit
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -328,8 +356,8 @@ def train_initial(dtype):
 
 @pytest.mark.parametrize("op", ["conv", "max_pool", "avg_pool"])
 def test_scratch_stays_bounded_with_threads(op):
-    """With 3 threads the parts of a chunk run at once: the scratch alive at once is still
-    bounded as with one (tests/test_memory.py's bound, traced with tracemalloc)."""
+    """With 3 threads three chunks run at once: the scratch alive at once is still bounded
+    as with one (tests/test_memory.py's bound, traced with tracemalloc)."""
     rng = np.random.default_rng(14)
     x = rng.standard_normal((24, 8, 24, 24))
     w = rng.standard_normal((8, 8, 3, 3))

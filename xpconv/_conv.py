@@ -11,12 +11,12 @@ Notation::
 """
 from __future__ import annotations
 
-import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from . import _windows, threads
 from ._geometry import Window2d
-from .workspace import batch_chunks, itemsize, set_rows
+from .devices import is_host_numpy
+from .workspace import chunked, itemsize, set_rows
 
 
 def im2col_unchecked(x, geom: Window2d):
@@ -45,17 +45,15 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
     ``cols`` is the column tensor (N, G, C/G*K, P) when ``keep_cols`` and the whole
     batch fits in one workspace chunk (backward then reuses it), else None.
 
-    The batch goes in chunks (``workspace.batch_chunks``), each split among the threads
-    on host NumPy (``threads.split``); a part builds its columns (into the kept ones,
-    when kept) and writes its rows of ``y``.
+    The batch goes in chunks (``workspace.chunked``; on host NumPy with threads, the
+    workers take the chunks); a chunk builds its columns and writes its rows of ``y``.
     """
     xp = array_namespace(x)
     N = x.shape[0]
     FN = w.shape[0]
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)                                    # (G, FN/G, C/G*K)
-    scratch = _sample_scratch(x, w, geom, groups)
-    chunks = batch_chunks(N, scratch, x)
+    chunks, workers = chunked(N, _sample_scratch(x, w, geom, groups), x)
 
     def rows(n0, n1, cols):                                              # (n, FN, OH, OW)
         part = xp.reshape(wmat @ cols, (n1 - n0, FN, OH, OW))           # (n, G, FN/G, P) -> (n, FN, OH, OW)
@@ -63,24 +61,18 @@ def conv2d_unchecked(x, w, b, geom: Window2d, groups: int, *, keep_cols: bool = 
             part += xp.reshape(b, (1, FN, 1, 1))
         return part
 
-    if len(chunks) == 1 and threads.split(chunks, x, scratch) == chunks:
+    if len(chunks) == 1:
         cols = _columns(x, geom, groups)                                # (N, G, C/G*K, P)
         return rows(0, N, cols), (cols if keep_cols else None)
     y = xp.empty((N, FN, OH, OW), dtype=x.dtype, device=device(x))
-    kept = _kept_columns(x, geom, groups) if keep_cols and len(chunks) == 1 else None
 
-    def part(n0, n1):
-        nonlocal y, kept  # in place where parts run at once (host NumPy): the same arrays
-        if kept is None:
-            cols = _columns(x[n0:n1, ...], geom, groups)  # this part's: gone before the next part's
-        else:
-            kept = _fill_columns(kept, n0, n1, x, geom)
-            cols = kept[n0:n1, ...]
-        y = set_rows(y, n0, n1, rows(n0, n1, cols))
+    def chunk(n0, n1):  # its columns are gone before the chunk after it builds its own
+        nonlocal y      # in place where chunks run at once (host NumPy): the same array
+        y = set_rows(y, n0, n1, rows(n0, n1, _columns(x[n0:n1, ...], geom, groups)))
 
-    for chunk in chunks:   # one chunk's parts at once, the chunks one after another
-        threads.map_chunks(part, threads.split([chunk], x, scratch), x)
-    return y, kept
+    for _ in threads.imap_chunks(chunk, chunks, workers):
+        pass
+    return y, None
 
 
 def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_grad: bool = True,
@@ -92,11 +84,10 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
         dw   += sum_n dy_n @ cols_n.T        (G, FN/G, P) @ (P, C/G*K)
         dcols = w.T @ dy_n                   (C/G*K, FN/G) @ (FN/G, P), then fold -> dx
 
-    A chunk is split among host NumPy's threads (``threads.split``): its parts' terms
-    are computed at once, then summed sample after sample in order, as one sum over the
-    chunk is; the chunks' sums are added in order. So dw is bit-identical for every
-    thread count (the chunks depend on the workspace limit only). The columns of a
-    chunk are dropped before its input-gradient columns are built.
+    On host NumPy, where the chunks depend on the thread count, dw is summed sample
+    after sample in the order of the batch (as NumPy sums one chunk's terms), so it is
+    bit-identical for every thread count; elsewhere the chunks' sums are added in order.
+    A chunk computes its input gradient first, then rebuilds its columns for its dw terms.
     """
     xp = array_namespace(x)
     N, C, H, W = x.shape
@@ -105,54 +96,37 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
     OH, OW = geom.out_hw
     wmat = _filter_matrix(w, groups)
     db = xp.sum(dy, axis=(0, 2, 3))
-    scratch = _sample_scratch(x, w, geom, groups)
-    chunks = batch_chunks(N, scratch, x)
-    whole = len(chunks) == 1 and threads.split(chunks, x, scratch) == chunks   # one part: no copies
+    chunks, workers = chunked(N, _sample_scratch(x, w, geom, groups), x)
+    whole = len(chunks) == 1
     dx = None
     if input_grad and not whole:
         dx = xp.empty(x.shape, dtype=x.dtype, device=device(x))
 
-    def grads(n0, n1):                                                  # (n, G, FN/G, P)
-        return xp.reshape(dy[n0:n1, ...], (n1 - n0, G, FN // G, OH * OW))
-
-    def dw_terms(n0, n1):                                               # (n, G, FN/G, C/G*K)
-        # columns kept by forward cover the whole batch: usable only as a single chunk
-        if cols is not None and len(chunks) == 1:
-            c = cols[n0:n1, ...]
-        else:
-            c = _columns(x[n0:n1, ...], geom, groups)
-        return grads(n0, n1) @ xp.matrix_transpose(c)
-
-    def dx_rows(n0, n1):                                                # (n, C, H, W)
+    def chunk(n0, n1):                                                  # -> (n, G, FN/G, C/G*K)
+        nonlocal dx  # in place where chunks run at once (host NumPy): the same array
         n = n1 - n0
-        dcols = xp.reshape(xp.matrix_transpose(wmat) @ grads(n0, n1), (n, C, geom.taps, OH, OW))
-        return _windows.fold((dcols[:, :, k, ...] for k in range(geom.taps)), geom, x, (n, C, H, W))
-
-    def dx_part(n0, n1):
-        nonlocal dx  # in place where parts run at once (host NumPy): the same array
-        dx = set_rows(dx, n0, n1, dx_rows(n0, n1))
-
-    dw = None
-    for chunk in chunks:                                                # in order: chunk 0, 1, ...
-        parts = threads.split([chunk], x, scratch)
-        part_dw = None
-        for terms in threads.map_chunks(dw_terms, parts, x):           # the chunk's parts, in order
-            if part_dw is None:
-                part_dw = xp.sum(terms, axis=0)
-            else:  # NumPy sums axis 0 row after row: so does this, continuing the same sum
-                for i in range(terms.shape[0]):
-                    part_dw += terms[i, ...]
-            del terms
-        if dw is None:
-            dw = part_dw
-        else:
-            dw += part_dw
-        del part_dw
+        grads = xp.reshape(dy[n0:n1, ...], (n, G, FN // G, OH * OW))    # (n, G, FN/G, P)
         if input_grad:
-            if whole:
-                dx = dx_rows(0, N)
-            else:
-                threads.map_chunks(dx_part, parts, x)
+            dcols = xp.reshape(xp.matrix_transpose(wmat) @ grads, (n, C, geom.taps, OH, OW))
+            part = _windows.fold((dcols[:, :, k, ...] for k in range(geom.taps)), geom, x, (n, C, H, W))
+            del dcols
+            dx = part if whole else set_rows(dx, n0, n1, part)
+            del part
+        # columns kept by forward cover the whole batch: usable only as a single chunk
+        c = cols if cols is not None and whole else _columns(x[n0:n1, ...], geom, groups)
+        return grads @ xp.matrix_transpose(c)
+
+    sample_by_sample = is_host_numpy(x)
+    dw = None
+    for terms in threads.imap_chunks(chunk, chunks, workers):          # in order: chunk 0, 1, ...
+        if dw is None:
+            dw = xp.sum(terms, axis=0)
+        elif sample_by_sample:   # NumPy sums axis 0 row after row: so does this, continuing it
+            for i in range(terms.shape[0]):
+                dw += terms[i, ...]
+        else:
+            dw += xp.sum(terms, axis=0)
+        del terms
     return dx, xp.reshape(dw, w.shape), db
 
 
@@ -184,32 +158,6 @@ def _columns(x, geom: Window2d, groups: int):
     else:
         cols = _windows.unfold(_windows.pad(x, geom), geom)              # (n, C, K, OH, OW)
     return xp.reshape(cols, (n, groups, C // groups * geom.taps, OH * OW))
-
-
-def _kept_columns(x, geom: Window2d, groups: int):
-    """The columns (N, G, C/G*K, P) of the whole batch, for the parts of a forward to fill
-    (:func:`_fill_columns`); a 1x1 kernel's are a view of ``x``, filled already."""
-    xp = array_namespace(x)
-    N, C = x.shape[:2]
-    if geom.taps == 1:
-        return _columns(x, geom, groups)
-    OH, OW = geom.out_hw
-    return xp.empty((N, groups, C // groups * geom.taps, OH * OW), dtype=x.dtype, device=device(x))
-
-
-def _fill_columns(kept, n0: int, n1: int, x, geom: Window2d):
-    """Rows n0:n1 of the columns from :func:`_kept_columns`, written tap by tap (what
-    :func:`_columns` stacks), with no copy of the part's own; returns ``kept``."""
-    if geom.taps == 1:
-        return kept
-    xp = array_namespace(x)
-    N, C = x.shape[:2]
-    OH, OW = geom.out_hw
-    cols = xp.reshape(kept, (N, C, geom.taps, OH, OW))                  # a view: C/G*K = (c, k)
-    x_padded = _windows.pad(x[n0:n1, ...], geom)
-    for k, r, c in _windows.taps(geom):
-        cols = xpx.at(cols)[n0:n1, :, k, ...].set(x_padded[:, :, r, c])
-    return xp.reshape(cols, kept.shape)
 
 
 def _filter_matrix(w, groups: int):

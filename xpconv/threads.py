@@ -1,24 +1,24 @@
 """Threads on host NumPy: the batch chunks of the window ops run on a pool of workers.
 
 NumPy's element-wise work (building columns, col2im, pooling masks) runs on one core;
-its matrix products already use every core (BLAS). With ``n > 1`` threads, the window
-ops split each chunk of the batch (``workspace.batch_chunks``) into ``n`` parts of rows
-that run at once on a pool of ``n`` workers (NumPy releases the GIL in its loops), with
-BLAS limited to one thread per worker while they run (``threadpoolctl``), so the
-workers and BLAS's own threads do not compete for the cores.
+its matrix products already use every core (BLAS). With ``n > 1`` threads, a window op
+on a large batch cuts it into chunks of a ``1/n`` share of the workspace limit each
+(``workspace.batch_chunks``) and ``n`` workers take the chunks one after another
+(:func:`imap_chunks`; NumPy releases the GIL in its loops), with BLAS limited to one
+thread per worker while they run (``threadpoolctl``), so the workers and BLAS's own
+threads do not compete for the cores. ``n`` chunks of ``1/n`` of the limit are alive at
+once: the same bound as one chunk on one thread. Small ops
+(:data:`MIN_THREADED_BYTES`) stay on the calling thread.
 
-Results do not depend on the thread count, bit for bit: each part writes its own rows of
-a preallocated output, and sums over the batch (a convolution's filter gradient) are taken
-in the same order over the same chunks whatever the number of threads (the chunking
-depends on the workspace limit only).
+Results do not depend on the thread count, bit for bit: each chunk writes its own rows of
+a preallocated output, and sums over the batch (a convolution's filter gradient) are
+taken sample after sample in the order of the batch, whatever the chunks.
 
 Other libraries (torch, JAX, CuPy, array-api-strict) keep their own threading: their
-parts are the chunks themselves, computed one after another.
+chunks are computed one after another, at the whole limit each.
 
-Default: 1 (no threads), or ``XPCONV_NUM_THREADS``. Measured on a 2-core machine, two
-threads did not make these ops faster (README, "Threads"), so threads are opt-in:
-``set_num_threads(usable_cores())``. ``set_num_threads(1)`` is xpconv without threads (no
-pool, no ``threadpoolctl``).
+Default: the usable cores (:func:`usable_cores`), or ``XPCONV_NUM_THREADS``.
+``set_num_threads(1)`` is xpconv without threads (no pool, no ``threadpoolctl``).
 
 >>> import xpconv
 >>> xpconv.set_num_threads(1)
@@ -27,7 +27,9 @@ pool, no ``threadpoolctl``).
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import itertools
 import os
 import threading
 import warnings
@@ -35,10 +37,10 @@ import warnings
 from .devices import is_host_numpy
 
 ENV_VAR = "XPCONV_NUM_THREADS"
-# a part of a chunk holds at least this much scratch (smaller jobs run on fewer threads):
-# a guess from noisy measurements on a loaded 2-core machine (README, "Threads"), where
-# SimpleConvNet's batch-100 layers (parts of 1-3 MB) got slower on two threads
-MIN_PART_BYTES = 4 * 2**20
+# an op runs on the pool only if its whole batch holds at least this much scratch: smaller
+# ops (SimpleConvNet's layers at batch 100, ~7 MB) got slower on two threads of a 2-core
+# machine, where each hand-off to a worker costs about as much as a small chunk's work
+MIN_THREADED_BYTES = 16 * 2**20
 
 
 def usable_cores() -> int:
@@ -68,8 +70,7 @@ def _threads_from_env(default: int) -> int:
     return n
 
 
-# opt-in: two threads measured no faster than one on this project's 2-core machine
-DEFAULT_THREADS = 1
+DEFAULT_THREADS = usable_cores()   # as torch.get_num_threads()
 _num_threads: int = _threads_from_env(DEFAULT_THREADS)
 _pool: "concurrent.futures.ThreadPoolExecutor | None" = None
 _pool_size = 0
@@ -110,38 +111,28 @@ def workers(like) -> int:
     return _num_threads if _num_threads > 1 and is_host_numpy(like) else 1
 
 
-def split(chunks: "list[tuple[int, int]]", like, bytes_per_sample: int = 0) -> "list[tuple[int, int]]":
-    """Each (start, stop) chunk split into ``workers(like)`` parts of near-equal rows, fewer
-    where a part would hold less than :data:`MIN_PART_BYTES` of scratch
-    (``bytes_per_sample`` per row: a job too small to pay for a thread's hand-off);
-    with one worker, ``chunks`` itself.
+def workers_for(like, op_bytes: int) -> int:
+    """Workers for one op whose whole batch holds ``op_bytes`` of scratch: ``workers(like)``,
+    or 1 for an op smaller than :data:`MIN_THREADED_BYTES` (too small to pay for the threads'
+    hand-offs), or when called from a job of the pool (an op inside an op)."""
+    if getattr(_in_worker, "active", False) or op_bytes < MIN_THREADED_BYTES:
+        return 1
+    return workers(like)
 
-    >>> split([(0, 5), (5, 7)], like)     # doctest: +SKIP  (two workers)
-    [(0, 2), (2, 5), (5, 6), (6, 7)]
+
+def imap_chunks(fn, chunks: "list[tuple[int, int]]", n: int):
+    """Yield ``fn(start, stop)`` for each chunk, in the order of ``chunks``.
+
+    With ``n > 1`` the jobs run on the pool, at most ``n`` at once, counting a result
+    the consumer is working on (so at most ``n`` chunks' scratch and results are alive),
+    BLAS at one thread per worker while they run. The jobs must be independent (each
+    writes its own rows, or returns its result). With ``n == 1``: one after another, in
+    the calling thread.
     """
-    n = workers(like)
-    if n == 1 or getattr(_in_worker, "active", False):
-        return chunks
-    parts = []
-    for start, stop in chunks:
-        rows = stop - start
-        big_enough = rows * bytes_per_sample // MIN_PART_BYTES if MIN_PART_BYTES > 0 else rows
-        k = max(1, min(n, rows, big_enough))
-        bounds = [start + rows * i // k for i in range(k + 1)]
-        parts += list(zip(bounds[:-1], bounds[1:]))
-    return parts
-
-
-def map_chunks(fn, chunks: "list[tuple[int, int]]", like) -> list:
-    """``[fn(start, stop) for start, stop in chunks]``, on the pool on host NumPy.
-
-    The jobs must be independent (each writes its own rows, or returns its result):
-    with more than one worker they run at once, BLAS at one thread per worker; the
-    results come back in the order of ``chunks``. Called from a job (an op inside an
-    op), it runs its jobs in that worker, one after another.
-    """
-    if workers(like) == 1 or len(chunks) == 1 or getattr(_in_worker, "active", False):
-        return [fn(start, stop) for start, stop in chunks]
+    if n == 1 or len(chunks) == 1:
+        for start, stop in chunks:
+            yield fn(start, stop)
+        return
 
     def job(chunk):
         _in_worker.active = True
@@ -150,20 +141,31 @@ def map_chunks(fn, chunks: "list[tuple[int, int]]", like) -> list:
         finally:
             _in_worker.active = False
 
-    with _blas_one_thread():
-        return list(_get_pool().map(job, chunks))
+    pool, todo, running = _get_pool(n), iter(chunks), collections.deque()
+    try:
+        with _blas_one_thread():
+            for chunk in itertools.islice(todo, n):
+                running.append(pool.submit(job, chunk))
+            while running:
+                yield running.popleft().result()
+                chunk = next(todo, None)   # handed out once the consumer is done with a result
+                if chunk is not None:
+                    running.append(pool.submit(job, chunk))
+    finally:   # an error, or a consumer that stops early: no job is left writing
+        for future in running:
+            future.cancel()
+        concurrent.futures.wait(running)
 
 
-def _get_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The pool of ``_num_threads`` workers (one of another size is replaced: a larger one
-    would run more parts at once than the workspace limit allows for)."""
+def _get_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
+    """A pool of at least ``n`` workers (kept for later calls; replaced by a larger one)."""
     global _pool, _pool_size
     with _pool_lock:
-        if _pool is None or _pool_size != _num_threads:
+        if _pool is None or _pool_size < n:
             if _pool is not None:
                 _pool.shutdown(wait=False)   # its running jobs finish; its threads then exit
-            _pool = concurrent.futures.ThreadPoolExecutor(_num_threads, thread_name_prefix="xpconv")
-            _pool_size = _num_threads
+            _pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="xpconv")
+            _pool_size = n
         return _pool
 
 

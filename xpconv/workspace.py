@@ -3,8 +3,8 @@
 Window ops process the batch in chunks so that one chunk's largest temporary (the
 columns ``(n, C*FH*FW, OH*OW)`` of a convolution, the padded input of a pooling, ...)
 stays under the limit. Results do not depend on it; only speed and peak memory do.
-On host NumPy with threads (:mod:`xpconv.threads`), each chunk is split among the
-threads, so the scratch alive at once stays about one chunk's whatever the thread count.
+On host NumPy with threads (:mod:`xpconv.threads`), ``n`` chunks of ``1/n`` of the limit
+run at once, so the scratch alive at once stays about one limit's whatever the thread count.
 
 Default, per device (:func:`default_limit`): 8 MiB on a CPU (NumPy, torch CPU, JAX CPU,
 array-api-strict; measured best on a 2-core CPU: columns that stay in cache) and a fixed
@@ -89,14 +89,22 @@ def workspace_limit(nbytes: "int | None"):
         set_workspace_limit(old)
 
 
-def batch_chunks(n: int, bytes_per_sample: int, like=None) -> list[tuple[int, int]]:
+def batch_chunks(n: int, bytes_per_sample: int, like=None, workers: int = 1) -> list[tuple[int, int]]:
     """Split ``range(n)`` into (start, stop) chunks of at most the limit for ``like``'s
-    device each (at least one sample per chunk).
+    device each, or a ``1/workers`` share of it when ``workers`` chunks run at once (at
+    least one sample per chunk).
 
     Always at least one chunk, also for ``n == 0``.
     """
-    per_chunk = max(1, get_workspace_limit(like) // max(bytes_per_sample, 1))
+    per_chunk = max(1, get_workspace_limit(like) // workers // max(bytes_per_sample, 1))
     return [(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)] or [(0, 0)]
+
+
+def chunked(n: int, bytes_per_sample: int, like) -> "tuple[list[tuple[int, int]], int]":
+    """The chunks of an op over a batch of ``n`` samples and the workers that take them
+    (``threads.workers_for``: more than one only on host NumPy, for a large op)."""
+    workers = threads.workers_for(like, n * bytes_per_sample)
+    return batch_chunks(n, bytes_per_sample, like, workers), workers
 
 
 def itemsize(x) -> int:
@@ -115,20 +123,20 @@ def map_batch(kernel, arrays, out_shape, bytes_per_sample: int):
 
     Each chunk's result is written and dropped before the next chunk is computed, so the
     scratch alive at once is one chunk's (plus that chunk's result). On host NumPy with
-    threads, each chunk is split into one part per thread (``threads.split``) and the parts
-    run at once: what is alive at once is still about one chunk's.
+    threads, ``n`` workers take chunks of ``1/n`` of the limit (``threads.imap_chunks``):
+    what is alive at once is still about one limit's worth.
     """
     like = arrays[0]
-    chunks = batch_chunks(out_shape[0], bytes_per_sample, like)
-    if len(chunks) == 1 and threads.split(chunks, like, bytes_per_sample) == chunks:
+    chunks, workers = chunked(out_shape[0], bytes_per_sample, like)
+    if len(chunks) == 1:
         return kernel(*arrays)
     xp = array_namespace(like)
     out = xp.empty(out_shape, dtype=like.dtype, device=device(like))
 
     def part(n0, n1):
-        nonlocal out  # in place where parts run at once (host NumPy): the same array
+        nonlocal out  # in place where chunks run at once (host NumPy): the same array
         out = set_rows(out, n0, n1, kernel(*(a[n0:n1, ...] for a in arrays)))
 
-    for chunk in chunks:   # one chunk's parts at once, the chunks one after another
-        threads.map_chunks(part, threads.split([chunk], like, bytes_per_sample), like)
+    for _ in threads.imap_chunks(part, chunks, workers):
+        pass
     return out

@@ -9,9 +9,10 @@ CuPy, "torch", "jax", "array_api_strict"), ``textbook`` (:mod:`xpconv.bench.text
 NumPy on the CPU), ``torch-cpu`` and ``torch-cuda`` (``torch.nn.functional``).
 
 On a CPU of more than one core, ``xpconv:cpu@1t`` and ``torch-cpu@1t`` are the same
-contenders at one thread (``xpconv.set_num_threads(1)``, ``torch.set_num_threads(1)``,
-set around each call and restored after): beside ``xpconv:cpu`` and ``torch-cpu`` (every
-usable core) they give each library's scaling, and the 1-thread comparison.
+contenders on one core (``xpconv.set_num_threads(1)`` with BLAS at one thread too,
+``torch.set_num_threads(1)``; set around each call and restored after): beside
+``xpconv:cpu`` and ``torch-cpu`` (every usable core) they give each library's scaling,
+and the 1-thread comparison.
 """
 from __future__ import annotations
 
@@ -269,6 +270,20 @@ class XpconvContender(Contender):
 
     def set_threads(self, n):
         self.xpconv.set_num_threads(n)
+
+    def at_threads(self, fn):
+        """As the base class; and BLAS at the same count (threadpoolctl), as
+        ``torch.set_num_threads`` limits torch's own: ``@1t`` is one core."""
+        call = super().at_threads(fn)
+        if self.threads is None:
+            return call
+        from threadpoolctl import ThreadpoolController
+        blas = ThreadpoolController()   # finds the BLAS libraries once, not at every call
+
+        def limited():
+            with blas.limit(limits=self.threads, user_api="blas"):
+                return call()
+        return limited
 
     def setup(self):
         import xpconv

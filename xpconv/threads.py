@@ -37,10 +37,11 @@ import warnings
 from .devices import is_host_numpy
 
 ENV_VAR = "XPCONV_NUM_THREADS"
-# an op runs on the pool only if its whole batch holds at least this much scratch: smaller
-# ops (SimpleConvNet's layers at batch 100, ~7 MB) got slower on two threads of a 2-core
-# machine, where each hand-off to a worker costs about as much as a small chunk's work
-MIN_THREADED_BYTES = 16 * 2**20
+# an op runs on the pool only if its whole batch holds at least this much scratch. Measured
+# on a 2-core machine (README, "Threads"): a SimpleConvNet training step got slower on two
+# threads with its layers threaded (~7 MB each at batch 100, ~18 MB at 256), as OpenBLAS's
+# threads still spin after the matrix products next to them; layers of 50 MB and more gain.
+MIN_THREADED_BYTES = 32 * 2**20
 
 
 def usable_cores() -> int:

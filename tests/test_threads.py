@@ -407,3 +407,21 @@ def test_bench_ratios_pair_equal_thread_counts_and_give_the_scaling():
     assert ratios(result, contenders) == {
         "xpconv:cpu / torch-cpu": 0.5, "xpconv:cpu@1t / torch-cpu@1t": 0.5,
         "xpconv:cpu@1t / xpconv:cpu": 1.5, "torch-cpu@1t / torch-cpu": 1.5}
+
+
+def test_samples_near_the_limit_run_on_at_most_two_workers(monkeypatch):
+    """One sample's columns between half the limit and the limit: two one-sample chunks at
+    once, not one per thread, so the bound still holds with many threads."""
+    rng = np.random.default_rng(15)
+    x = rng.standard_normal((6, 16, 32, 32))
+    w = rng.standard_normal((16, 16, 3, 3))
+    dy = rng.standard_normal((6, 16, 32, 32))
+    one_sample_cols = 16 * 9 * 32 * 32 * x.itemsize
+    limit = one_sample_cols * 3 // 2
+    count = _CountWorkerJobs(monkeypatch)
+    xpconv.set_num_threads(4)
+    with xpconv.workspace_limit(limit):
+        assert workspace.chunked(6, one_sample_cols, x) == ([(i, i + 1) for i in range(6)], 2)
+        extra = traced_extra_bytes(lambda: (F.conv2d(x, w, None, pad=1), *F.conv2d_backward(dy, x, w, pad=1)))
+    assert count.on_workers > 0
+    assert extra <= 2 * limit + one_sample_cols, f"{extra / 2**20:.2f} MiB"

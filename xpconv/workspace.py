@@ -102,8 +102,16 @@ def batch_chunks(n: int, bytes_per_sample: int, like=None, workers: int = 1) -> 
 
 def chunked(n: int, bytes_per_sample: int, like) -> "tuple[list[tuple[int, int]], int]":
     """The chunks of an op over a batch of ``n`` samples and the workers that take them
-    (``threads.workers_for``: more than one only on host NumPy, for a large op)."""
-    workers = threads.workers_for(like, n * bytes_per_sample)
+    (``threads.workers_for``: more than one only on host NumPy, for a large op).
+
+    The workers' chunks alive at once hold at most the limit plus one sample: fewer
+    workers where one sample's scratch is a large share of the limit (two for a sample
+    of half the limit or more, one for a sample larger than the limit: raise the limit
+    for more).
+    """
+    per_sample = max(bytes_per_sample, 1)
+    workers = min(threads.workers_for(like, n * bytes_per_sample),
+                  1 + get_workspace_limit(like) // per_sample)
     return batch_chunks(n, bytes_per_sample, like, workers), workers
 
 

@@ -195,22 +195,25 @@ def test_at_most_n_jobs_run_at_once_and_none_runs_ahead():
     list(threads.imap_chunks(lambda a, b: None, [(0, 1), (1, 2), (2, 3)], 3))   # a pool of 3 exists
     xpconv.set_num_threads(2)
     lock, active, most, started = threading.Lock(), [0], [0], []
+    both = threading.Barrier(2, timeout=60)   # the first two jobs meet: they did run at once
 
     def job(n0, n1):
         with lock:
             started.append(n0)
             active[0] += 1
             most[0] = max(most[0], active[0])
-        time.sleep(0.02)
+        if n0 < 2:
+            both.wait()
+        time.sleep(0.01)
         with lock:
             active[0] -= 1
         return n0
 
     for i in threads.imap_chunks(job, [(i, i + 1) for i in range(6)], 2):
-        time.sleep(0.05)              # a slow consumer: the workers must not run ahead of it
+        time.sleep(0.02)              # a slow consumer: the workers must not run ahead of it
         with lock:
             assert max(started) <= i + 1     # n = 2 alive: result i and job i+1
-    assert most[0] == 2
+    assert most[0] == 2 and sorted(started) == list(range(6))
 
 
 def test_an_error_in_a_job_is_raised_after_every_job_has_stopped():

@@ -124,7 +124,7 @@ def test_bad_env_var_warns_and_uses_the_default(value):
 def test_one_thread_uses_no_pool_and_no_threadpoolctl():
     """1 thread is xpconv without threads: no pool is built, threadpoolctl is never imported."""
     code = ("import sys, numpy as np, xpconv\n"
-            "from xpconv import functional as F, threads, workspace\n"
+            "from xpconv import functional as F, threads\n"
             "x = np.ones((64, 3, 16, 16))\n"
             "with xpconv.workspace_limit(2**14):\n"
             "    F.conv2d_backward(F.conv2d(x, np.ones((4, 3, 3, 3))), x, np.ones((4, 3, 3, 3)))\n"
@@ -157,7 +157,7 @@ def test_small_ops_and_other_libraries_stay_on_the_calling_thread(backend, monke
     assert threads.workers_for(a, 1000) == expected
     assert threads.workers_for(a, 999) == 1
     chunks, n = workspace.chunked(10, 100, a)
-    assert n == expected and len(chunks) == (1 if n == 1 else 1)   # 1000 bytes: one chunk either way
+    assert n == expected and chunks == [(0, 10)]   # 1000 bytes: one chunk at the default limit
     with xpconv.workspace_limit(300):
         assert workspace.chunked(10, 100, a) == (workspace.batch_chunks(10, 100, a, expected), expected)
 

@@ -7,8 +7,9 @@ on a large batch cuts it into chunks of a ``1/n`` share of the workspace limit e
 (:func:`imap_chunks`; NumPy releases the GIL in its loops), with BLAS limited to one
 thread per worker while they run (``threadpoolctl``), so the workers and BLAS's own
 threads do not compete for the cores. ``n`` chunks of ``1/n`` of the limit are alive at
-once: the same bound as one chunk on one thread. Small ops
-(:data:`MIN_THREADED_BYTES`) stay on the calling thread.
+once: the same bound as one chunk on one thread (a sample of half the limit or more gets
+at most two workers: ``workspace.chunked``). Small ops (:data:`MIN_THREADED_BYTES`) stay
+on the calling thread.
 
 Results do not depend on the thread count, bit for bit: each chunk writes its own rows of
 a preallocated output, and sums over the batch (a convolution's filter gradient) are

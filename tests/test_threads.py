@@ -18,7 +18,7 @@ import pytest
 
 import xpconv
 from conftest import traced_extra_bytes
-from xpconv import functional as F, threads, workspace
+from xpconv import _microbatch, functional as F, threads, workspace
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 THREADS = [1, 2, 3]
@@ -327,11 +327,16 @@ def test_pooling_does_not_depend_on_the_thread_count(mode, k, s, p, dtype, limit
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("limit", LIMITS, ids=["default-limit", "small-limit"])
-def test_training_does_not_depend_on_the_thread_count(dtype, limit):
-    """A few seeded SGD steps of a small SimpleConvNet: bit-identical parameters."""
+@pytest.mark.parametrize("batch", [20, 150], ids=["one-pass", "micro-batches"])
+def test_training_does_not_depend_on_the_thread_count(dtype, limit, batch, monkeypatch):
+    """A few seeded SGD steps of a small SimpleConvNet: bit-identical parameters. A batch of
+    150 goes in three micro-batches (xpconv._microbatch), which the workers take."""
     rng = np.random.default_rng(13)
-    x = rng.standard_normal((40, 1, 12, 12)).astype(dtype)
-    t = rng.integers(0, 10, 40)
+    x = rng.standard_normal((5 * batch // 2, 1, 12, 12)).astype(dtype)
+    t = rng.integers(0, 10, x.shape[0])
+    parts = []
+    real_parts = _microbatch.parts
+    monkeypatch.setattr(_microbatch, "parts", lambda n: parts.append(n) or real_parts(n))
 
     def train():
         net = xpconv.SimpleConvNet(input_dim=(1, 12, 12), conv_param={"filter_num": 6, "filter_size": 3,
@@ -339,12 +344,13 @@ def test_training_does_not_depend_on_the_thread_count(dtype, limit):
                                    weight_init_std="he")
         opt = xpconv.Momentum(lr=0.05)
         for step in range(4):
-            batch = slice(10 * step, 10 * step + 20)
-            opt.update(net.params, net.gradient(x[batch], t[batch]))
+            part = slice(batch // 2 * step, batch // 2 * step + batch)
+            opt.update(net.params, net.gradient(x[part], t[part]))
         return [xpconv.to_numpy(net.params[name]).copy() for name in sorted(net.params)]
 
     results = _on_each_thread_count(train, 5 * 6 * 9 * 144 * np.dtype(dtype).itemsize if limit else None)
     _assert_bit_identical(results)
+    assert parts == ([] if batch <= _microbatch.MICRO_BATCH else [batch] * 4 * len(THREADS))
     assert not np.array_equal(results[1][0], train_initial(dtype))   # training moved the weights
 
 

@@ -16,7 +16,7 @@ from typing import Iterable
 
 from array_api_compat import array_namespace, device as array_device, is_array_api_obj
 
-from . import serialization
+from . import _microbatch, serialization
 from ._flat import FlatGroup, by_dtype, layout_key, shares_views
 from .devices import (Device, device as resolve_device, device_of, device_scope, dtype_name,
                       is_host_numpy, to_numpy)
@@ -247,7 +247,19 @@ class Sequential:
         return counts[0] / n
 
     def gradient(self, x, t):
-        """Gradients of ``loss(x, t)`` by backpropagation: ``{name: array like params[name]}``."""
+        """Gradients of ``loss(x, t)`` by backpropagation: ``{name: array like params[name]}``.
+
+        On host NumPy a batch of more than 64 samples goes through the network in equal
+        micro-batches (``xpconv._microbatch``; the workers of ``xpconv.set_num_threads``
+        take them), when every layer treats each sample on its own: the same gradients
+        up to rounding, bit-identical for every thread count. The layers get the summed
+        gradients (``dW``, ``db``) and ``last_layer.loss`` the batch's mean loss; their
+        caches (``x``, masks) are then the micro-batches', not the network's layers'.
+        """
+        x = self._input(x)
+        if _microbatch.applies(self, x):
+            t = self._labels(f"{type(self).__name__}.gradient", t, x.shape[0], None)
+            return _microbatch.gradient(self, self._bindings, x, t)
         self.loss(x, t, train_flg=True)
         dout = self.last_layer.backward()
         for layer in reversed(self.layers.values()):

@@ -108,18 +108,19 @@ def set_num_threads(n: int) -> None:
 
 
 def workers(like) -> int:
-    """Workers the window ops on ``like``'s arrays run on: the thread count on host NumPy,
-    1 for every other library (they have their own threading)."""
-    return _num_threads if _num_threads > 1 and is_host_numpy(like) else 1
+    """Workers that jobs on ``like``'s arrays run on: the thread count on host NumPy, 1 for
+    every other library (they have their own threading), and 1 when called from a job of
+    the pool (an op inside an op, an op inside a micro-batch)."""
+    if _num_threads == 1 or getattr(_in_worker, "active", False) or not is_host_numpy(like):
+        return 1
+    return _num_threads
 
 
 def workers_for(like, op_bytes: int) -> int:
     """Workers for one op whose whole batch holds ``op_bytes`` of scratch: ``workers(like)``,
     or 1 for an op smaller than :data:`MIN_THREADED_BYTES` (too small to pay for the threads'
-    hand-offs), or when called from a job of the pool (an op inside an op)."""
-    if getattr(_in_worker, "active", False) or op_bytes < MIN_THREADED_BYTES:
-        return 1
-    return workers(like)
+    hand-offs)."""
+    return 1 if op_bytes < MIN_THREADED_BYTES else workers(like)
 
 
 def imap_chunks(fn, chunks: "list[tuple[int, int]]", n: int):

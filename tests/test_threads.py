@@ -175,6 +175,33 @@ def test_imap_chunks_runs_on_the_pool_in_order():
     assert seen == [threading.main_thread()] * 2     # one worker: the calling thread
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs sched_getaffinity (Linux) and at least 2 usable cores")
+def test_workers_get_a_core_each_unless_there_are_more_workers_than_cores(monkeypatch):
+    cores = sorted(os.sched_getaffinity(0))
+
+    def affinities(n):
+        """The affinity of each worker of a new pool of n."""
+        monkeypatch.setattr(threads, "_pool", None)
+        meet = threading.Barrier(n, timeout=60)       # so that every worker takes one job
+
+        def job(n0, n1):
+            meet.wait()
+            return os.sched_getaffinity(0)             # 0: the calling thread
+
+        try:
+            return list(threads.imap_chunks(job, [(i, i + 1) for i in range(n)], n))
+        finally:
+            threads._pool.shutdown(wait=True)
+            monkeypatch.setattr(threads, "_pool", None)
+
+    n = min(len(cores), 4)
+    bound = affinities(n)
+    assert all(len(a) == 1 for a in bound) and sorted(min(a) for a in bound) == cores[:n]
+    assert all(a == set(cores) for a in affinities(len(cores) + 1))    # oversubscribed: unbound
+    assert os.sched_getaffinity(0) == set(cores)                        # the caller stays unbound
+
+
 def test_an_op_inside_a_job_runs_in_that_worker():
     """Nesting: an op called from a job does not use the pool (no deadlock, no oversubscription)."""
     xpconv.set_num_threads(2)

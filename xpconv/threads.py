@@ -9,7 +9,9 @@ thread per worker while they run (``threadpoolctl``), so the workers and BLAS's 
 threads do not compete for the cores. ``n`` chunks of ``1/n`` of the limit are alive at
 once: the same bound as one chunk on one thread (a sample of half the limit or more gets
 at most two workers: ``workspace.chunked``). Small ops (:data:`MIN_THREADED_BYTES`) stay
-on the calling thread.
+on the calling thread. A network's gradient over a batch of more than 64 samples goes in
+micro-batches (:mod:`xpconv._microbatch`), and the workers take whole micro-batches: each
+runs every layer on its part, as one op on one thread.
 
 Results do not depend on the thread count, bit for bit: each chunk writes its own rows of
 a preallocated output, and sums over the batch (a convolution's filter gradient) are
@@ -167,9 +169,35 @@ def _get_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
         if _pool is None or _pool_size < n:
             if _pool is not None:
                 _pool.shutdown(wait=False)   # its running jobs finish; its threads then exit
-            _pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="xpconv")
+            _pool = concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="xpconv",
+                                                          initializer=_core_binder(n))
             _pool_size = n
         return _pool
+
+
+def _core_binder(n: int):
+    """The pool's initializer: it binds each new worker to a core of its own, in the order
+    the workers start, when there are at most as many workers as usable cores (Linux);
+    None (no binding) otherwise.
+
+    Unbound, the workers woken for a job after an idle moment were often put on one core
+    for the job's first milliseconds: a SimpleConvNet step of two micro-batches then took
+    about what one thread takes (21.7 vs 13.3 ms median, timed beside PyTorch).
+    """
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):   # no sched_getaffinity on macOS and Windows
+        return None
+    if n > len(cores):
+        return None
+    order = itertools.count()
+
+    def bind():
+        try:
+            os.sched_setaffinity(0, {cores[next(order) % len(cores)]})   # 0: this thread
+        except OSError:     # the core left the process's set since: stay unbound
+            pass
+    return bind
 
 
 def _blas_one_thread():

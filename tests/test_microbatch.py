@@ -37,6 +37,14 @@ def _one_pass(net, x, t, monkeypatch):
         return grads, float(net.last_layer.loss)
 
 
+def _assert_one_pass_gradient(got, net, x, t, monkeypatch):
+    """``got`` is ``net``'s one-pass gradient on (x, t) up to float64 rounding."""
+    ref, _ = _one_pass(net, x, t, monkeypatch)
+    assert set(got) == set(ref)
+    for name in ref:
+        np.testing.assert_allclose(got[name], ref[name], rtol=1e-11, atol=1e-14, err_msg=name)
+
+
 class _CountParts:
     """Counts the micro-batched gradients and their parts."""
 
@@ -67,14 +75,11 @@ def test_gradient_in_parts_equals_the_one_pass_gradient(n, monkeypatch):
     x, t = _batch(n)
     net = _net()
     count = _CountParts(monkeypatch)
-    grads = net.gradient(x, t)
+    got = {k: v.copy() for k, v in net.gradient(x, t).items()}
     loss = float(net.last_layer.loss)
     assert count.calls == 1 and len(count.parts[0]) == -(-n // _microbatch.MICRO_BATCH)
-    ref, ref_loss = _one_pass(net, x, t, monkeypatch)
-    assert set(grads) == set(ref)
-    for name in ref:
-        np.testing.assert_allclose(grads[name], ref[name], rtol=1e-11, atol=1e-14, err_msg=name)
-    assert loss == pytest.approx(ref_loss, rel=1e-12)
+    _assert_one_pass_gradient(got, net, x, t, monkeypatch)
+    assert loss == pytest.approx(_one_pass(net, x, t, monkeypatch)[1], rel=1e-12)
 
 
 def test_float32_gradient_in_parts_matches_float64(monkeypatch):
@@ -112,15 +117,11 @@ def test_rebound_weights_are_used_by_the_next_call(tmp_path, monkeypatch):
     other.save_params(tmp_path / "p.npz")
     net.load_params(tmp_path / "p.npz")                   # every array rebound
     got = {k: v.copy() for k, v in net.gradient(x, t).items()}
-    ref, _ = _one_pass(other, x, t, monkeypatch)
-    for name in ref:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-11, atol=1e-14, err_msg=name)
+    _assert_one_pass_gradient(got, other, x, t, monkeypatch)
     xpconv.SGD(lr=0.1).update(net.params, got)            # in place
     xpconv.SGD(lr=0.1).update(other.params, got)
     got = net.gradient(x, t)
-    ref, _ = _one_pass(other, x, t, monkeypatch)
-    for name in ref:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-11, atol=1e-14, err_msg=name)
+    _assert_one_pass_gradient(got, other, x, t, monkeypatch)
 
 
 def test_a_changed_layer_setting_is_used_by_the_next_call(monkeypatch):
@@ -129,9 +130,7 @@ def test_a_changed_layer_setting_is_used_by_the_next_call(monkeypatch):
     net.gradient(x, t)
     net.layers["Pool1"].mode = "avg"
     got = {k: v.copy() for k, v in net.gradient(x, t).items()}
-    ref, _ = _one_pass(net, x, t, monkeypatch)
-    for name in ref:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-11, atol=1e-14, err_msg=name)
+    _assert_one_pass_gradient(got, net, x, t, monkeypatch)
 
 
 def test_a_replaced_layer_is_used_by_the_next_call(monkeypatch):
@@ -140,9 +139,7 @@ def test_a_replaced_layer_is_used_by_the_next_call(monkeypatch):
     net.gradient(x, t)
     net.layers["Relu1"] = xpconv.layers.Sigmoid()
     got = {k: v.copy() for k, v in net.gradient(x, t).items()}
-    ref, _ = _one_pass(net, x, t, monkeypatch)
-    for name in ref:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-11, atol=1e-14, err_msg=name)
+    _assert_one_pass_gradient(got, net, x, t, monkeypatch)
 
 
 @pytest.mark.parametrize("make", [
@@ -194,6 +191,4 @@ def test_one_array_under_two_names_is_summed_once(monkeypatch):
                             param_names={"W": ("A", "W"), "same W": ("A", "W"), "b": ("A", "b")})
     x, t = _batch(130)
     got = {k: v.copy() for k, v in net.gradient(x, t).items()}
-    ref, _ = _one_pass(net, x, t, monkeypatch)
-    for name in ref:
-        np.testing.assert_allclose(got[name], ref[name], rtol=1e-11, atol=1e-14, err_msg=name)
+    _assert_one_pass_gradient(got, net, x, t, monkeypatch)

@@ -177,7 +177,7 @@ def test_imap_chunks_runs_on_the_pool_in_order():
 
 @pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
                     reason="needs sched_getaffinity (Linux) and at least 2 usable cores")
-def test_workers_get_a_core_each_unless_there_are_more_workers_than_cores(monkeypatch):
+def test_workers_get_a_core_each_when_there_is_one_worker_per_core(monkeypatch):
     cores = sorted(os.sched_getaffinity(0))
 
     def affinities(n):
@@ -195,11 +195,15 @@ def test_workers_get_a_core_each_unless_there_are_more_workers_than_cores(monkey
             threads._pool.shutdown(wait=True)
             monkeypatch.setattr(threads, "_pool", None)
 
-    n = min(len(cores), 4)
-    bound = affinities(n)
-    assert all(len(a) == 1 for a in bound) and sorted(min(a) for a in bound) == cores[:n]
+    bound = affinities(len(cores))
+    assert all(len(a) == 1 for a in bound) and sorted(min(a) for a in bound) == cores
     assert all(a == set(cores) for a in affinities(len(cores) + 1))    # oversubscribed: unbound
     assert os.sched_getaffinity(0) == set(cores)                        # the caller stays unbound
+    # fewer workers than cores (a core more than there are, as the binder sees them): unbound
+    real = os.sched_getaffinity
+    with monkeypatch.context() as m:
+        m.setattr(os, "sched_getaffinity", lambda pid: set(real(pid)) | {max(cores) + 1})
+        assert all(a == set(cores) | {max(cores) + 1} for a in affinities(len(cores)))
 
 
 def test_an_op_inside_a_job_runs_in_that_worker():

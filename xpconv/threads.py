@@ -177,18 +177,20 @@ def _get_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
 
 def _core_binder(n: int):
     """The pool's initializer: it binds each new worker to a core of its own, in the order
-    the workers start, when there are at most as many workers as usable cores (Linux);
-    None (no binding) otherwise.
+    the workers start, when there is one worker per usable core (Linux); None (no binding)
+    otherwise.
 
     Unbound, the workers woken for a job after an idle moment were often put on one core
     for the job's first milliseconds: a SimpleConvNet step of two micro-batches then took
-    about what one thread takes (21.7 vs 13.3 ms median, timed beside PyTorch).
+    about what one thread takes (21.7 vs 13.3 ms median, timed beside PyTorch). With fewer
+    workers than cores nothing is bound: two processes would bind theirs to the same cores
+    and leave the others idle.
     """
     try:
         cores = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):   # no sched_getaffinity on macOS and Windows
         return None
-    if n > len(cores):
+    if n != len(cores):
         return None
     order = itertools.count()
 

@@ -192,3 +192,38 @@ def test_one_array_under_two_names_is_summed_once(monkeypatch):
     x, t = _batch(130)
     got = {k: v.copy() for k, v in net.gradient(x, t).items()}
     _assert_one_pass_gradient(got, net, x, t, monkeypatch)
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_accuracy_predicts_the_batches_on_the_workers_as_one_pass_would(threads, monkeypatch):
+    import threading
+    x, t = _batch(250, "float32")
+    net = _net("float32")
+    old = xpconv.get_num_threads()
+    try:
+        xpconv.set_num_threads(threads)
+        ran_on = set()
+        real = _microbatch.threads.imap_chunks
+
+        def spy(fn, chunks, n):
+            return real(lambda a, b: ran_on.add(threading.current_thread()) or fn(a, b), chunks, n)
+
+        monkeypatch.setattr(_microbatch.threads, "imap_chunks", spy)
+        batches = [(0, 100), (100, 200), (200, 250)]
+        got = list(_microbatch.predictions(net, x, batches))
+        assert (threading.main_thread() in ran_on) == (threads == 1)
+        assert net.layers["Conv1"].x is None          # the network's own layers were not used
+        ref = [net.predict(x[a:b]) for a, b in batches]
+        assert all(np.array_equal(g.view(np.uint8), r.view(np.uint8)) for g, r in zip(got, ref))
+        correct = sum(int((np.argmax(r, axis=1) == t[a:b]).sum()) for r, (a, b) in zip(ref, batches))
+        assert net.accuracy(x, t) == correct / 250
+    finally:
+        xpconv.set_num_threads(old)
+
+
+def test_accuracy_refuses_bad_labels_with_batches_on_the_workers():
+    x, t = _batch(250, "float32")
+    with pytest.raises(ValueError, match=r"SimpleConvNet.accuracy: expected class labels t in 0..9"):
+        _net("float32").accuracy(x, np.where(np.arange(250) == 240, 12, t))

@@ -52,8 +52,32 @@ def applies(network, x) -> bool:
     """Whether ``network.gradient(x, t)`` is computed in parts: host NumPy, more than
     ``MICRO_BATCH`` samples, only sample-wise layers and the softmax loss."""
     return (is_host_numpy(x) and x.shape[0] > MICRO_BATCH
-            and type(network.last_layer) is SoftmaxWithLoss
-            and all(type(layer) in SAMPLE_WISE for layer in network.layers.values()))
+            and type(network.last_layer) is SoftmaxWithLoss and _sample_wise(network))
+
+
+def predictions(network, x, batches):
+    """Yield ``network.predict(x[start:stop])`` for each (start, stop) of ``batches``, in
+    order. On host NumPy, for a network of sample-wise layers, the workers predict a batch
+    each, through shallow copies of the layers made for that batch (the network's own
+    layers are not used, so their caches stay as they were); at most one batch per worker
+    is alive at once. Each sample's scores are computed as in one pass of its batch."""
+    if not (is_host_numpy(x) and len(batches) > 1 and _sample_wise(network)):
+        for start, stop in batches:
+            yield network.predict(x[start:stop, ...])
+        return
+    layers = list(network.layers.values())
+
+    def predict(start, stop):
+        out = x[start:stop, ...]
+        for layer in layers:
+            out = copy.copy(layer).forward(out)
+        return out
+
+    yield from threads.imap_chunks(predict, batches, threads.workers(x))
+
+
+def _sample_wise(network) -> bool:
+    return all(type(layer) in SAMPLE_WISE for layer in network.layers.values())
 
 
 def gradient(network, bindings, x, t):

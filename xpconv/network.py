@@ -215,7 +215,8 @@ class Sequential:
         Every sample counts, also those of a last partial batch. Labels follow one rule:
         integer labels of shape (N,) or (N, 1) in 0..K-1, or (N, K) one-hot targets (their
         argmax). Host data (NumPy arrays, lists) is moved to the model's device once;
-        correct predictions are counted there and read back once.
+        correct predictions are counted there and read back once. On host NumPy, the
+        workers of ``xpconv.set_num_threads`` predict a batch each (``xpconv._microbatch``).
         """
         who = f"{type(self).__name__}.accuracy"
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -226,9 +227,8 @@ class Sequential:
         if n == 0:
             raise ValueError(f"{who}: got an empty batch")
         xp, correct, outside = self.device.xp, 0, 0
-        for start in range(0, n, batch_size):
-            stop = min(start + batch_size, n)          # slice stops must stay in bounds
-            y = self.predict(x[start:stop, ...])
+        batches = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        for (start, stop), y in zip(batches, _microbatch.predictions(self, x, batches)):
             k = y.shape[-1]
             if start == 0:                             # K is known: check the labels once, move once
                 t = self._labels(who, t, n, k)

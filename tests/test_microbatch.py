@@ -4,10 +4,12 @@ On host NumPy, ``Sequential.gradient`` splits a batch of more than MICRO_BATCH s
 into equal parts, runs each on replicas of the layers and adds the parts' gradients.
 Checked here: the parts, agreement with the one-pass gradient (float64, tight), the
 layers' gradients and loss afterwards, weights rebound between calls, the networks that
-keep one pass, and bad labels. That the result does not depend on the thread count is
+keep one pass, and bad labels; and ``accuracy``'s batches predicted on the workers. That the result does not depend on the thread count is
 checked with the other ops in test_threads.py.
 """
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 import pytest
@@ -198,7 +200,6 @@ def test_one_array_under_two_names_is_summed_once(monkeypatch):
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_accuracy_predicts_the_batches_on_the_workers_as_one_pass_would(threads, monkeypatch):
-    import threading
     x, t = _batch(250, "float32")
     net = _net("float32")
     old = xpconv.get_num_threads()

@@ -1,7 +1,7 @@
 """The benchmark harness (xpconv.bench): it runs end to end, from the package, with its own options.
 
 Nothing here asserts a timing: only that samples, reports and records come out, and
-that the launch proxy carries what ``xpconv.launches.count_launches`` counted.
+that the launch proxy carries what ``xpconv.diagnostics.launches.count_launches`` counted.
 """
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ def test_launch_proxy_carries_count_launches_per_case(monkeypatch, tmp_path):
 
 
 def test_launch_proxy_is_skipped_with_a_note_without_xpconv_launches(monkeypatch):
-    monkeypatch.setitem(sys.modules, "xpconv.launches", None)  # import raises ImportError
+    monkeypatch.setitem(sys.modules, "xpconv.diagnostics.launches", None)  # import raises ImportError
     counts, note = launch_proxy.count_launches_per_case(build_cases(quick=True))
     assert counts == {}
     assert note.startswith(launch_proxy.LABEL) and "not counted" in note
@@ -183,7 +183,7 @@ def test_launch_proxy_is_skipped_with_a_note_without_xpconv_launches(monkeypatch
 def test_launch_proxy_counts_real_ops():
     """With the real counter: one quick max-pool call has ops, xpconv on torch and native torch."""
     pytest.importorskip("torch", reason="torch is not installed: no launch proxy")
-    pytest.importorskip("xpconv.launches", reason="xpconv.launches is not in this build")
+    pytest.importorskip("xpconv.diagnostics.launches", reason="xpconv.diagnostics.launches is not in this build")
     count_launches, why = launch_proxy.launch_counter()
     assert why is None
     case = find_case("maxpool/train", quick=True)

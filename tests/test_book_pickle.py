@@ -262,7 +262,7 @@ def test_limits_and_damage(tmp_path):
 
 
 def test_number_of_opcodes_is_bounded(tmp_path, monkeypatch):
-    import xpconv._book_pickle as book_pickle
+    import xpconv.serialization.book_pickle as book_pickle
 
     path = write_pickle(tmp_path / "p.pkl", book_params())
     load_arrays(path)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import xpconv
-import xpconv.devices as devices
+import xpconv._backends as _backends
 
 strict = pytest.importorskip("array_api_strict", reason="array-api-strict is not installed")
 
@@ -35,7 +35,7 @@ def outside_scope(monkeypatch):
         finally:
             depth[0] -= 1
 
-    monkeypatch.setattr(devices._BACKENDS["array_api_strict"], "scope", counting_scope)
+    monkeypatch.setattr(_backends.BACKENDS["array_api_strict"], "scope", counting_scope)
     for name in WATCHED:
         real = getattr(strict, name)
 

@@ -13,6 +13,8 @@ import pytest
 
 import xpconv
 import xpconv.devices as devices
+import xpconv._backends as _backends
+from xpconv._kernels import fastpaths
 
 from conftest import assert_on, make_backend
 
@@ -133,7 +135,7 @@ def _broken_cupy_by_runtime():
                          ids=["getDeviceCount-raises", "attribute-access-raises"])
 def test_available_devices_survives_broken_cupy(monkeypatch, make):
     monkeypatch.setitem(sys.modules, "cupy", make())
-    monkeypatch.setattr(devices, "_CUPY_STATUS", None)
+    monkeypatch.setattr(_backends, "_CUPY_STATUS", None)
     try:
         specs = xpconv.available_devices()
         assert "cpu" in specs and not any(s.startswith("cuda") for s in specs)
@@ -141,7 +143,7 @@ def test_available_devices_survives_broken_cupy(monkeypatch, make):
         with pytest.raises(ValueError, match=r"device 'cuda' is not usable: CuPy is installed but cannot use a GPU"):
             xpconv.device("cuda")
     finally:
-        devices._CUPY_STATUS = None  # let the next caller probe the real CuPy again
+        _backends._CUPY_STATUS = None  # let the next caller probe the real CuPy again
 
 
 # ----------------------------------------------------------------------------- asarray / to_numpy
@@ -243,8 +245,9 @@ def _code_text(path: pathlib.Path) -> str:
     return " ".join(t.string for t in tokens if t.type not in (tokenize.COMMENT, tokenize.STRING))
 
 
-OP_MODULES = ["xpconv/functional.py", "xpconv/_conv.py", "xpconv/_pool.py", "xpconv/_windows.py",
-              "xpconv/_geometry.py", "xpconv/workspace.py"]
+OP_MODULES = ["xpconv/functional.py", "xpconv/_kernels/conv.py", "xpconv/_kernels/pool.py",
+              "xpconv/_kernels/windows.py", "xpconv/_kernels/checks.py",
+              "xpconv/_kernels/geometry.py", "xpconv/workspace.py"]
 
 
 @pytest.mark.parametrize("path", OP_MODULES + sorted(str(p.relative_to(ROOT))
@@ -255,9 +258,9 @@ def test_only_devices_module_names_numpy_or_cupy(path):
         assert needle not in code, f"{path} mentions {needle!r} in its code"
 
 
-def test_devices_module_is_where_numpy_lives():
-    code = _code_text(ROOT / "xpconv/devices.py")
-    assert "import numpy" in code and "cupy" in code
+def test_devices_modules_are_where_numpy_and_cupy_live():
+    assert "import numpy" in _code_text(ROOT / "xpconv/devices.py")
+    assert "cupy" in _code_text(ROOT / "xpconv/_backends.py")
 
 
 # ----------------------------------------------------------------------------- keep_where
@@ -267,7 +270,7 @@ def test_devices_module_is_where_numpy_lives():
 def test_keep_where_fast_and_portable_paths_equal_where_bit_for_bit(dtype, mask_shape):
     """NumPy takes the branch-free bit-mask path; other libraries the portable xp.where
     (array_api_strict, or torch for float16, which array_api_strict lacks)."""
-    from xpconv.devices import keep_where
+    from xpconv._kernels.fastpaths import keep_where
 
     if dtype == "float16":
         pytest.importorskip("torch", reason="the portable float16 path is checked on torch")
@@ -313,6 +316,6 @@ def test_only_numpy_and_torch_cpu_prefer_many_cheap_ops():
     for spec in xpconv.available_devices():
         dev = xpconv.device(spec)
         cheap_ops = dev.library == "numpy" or (dev.library == "torch" and str(dev.native) == "cpu")
-        assert devices.prefers_fewer_ops(dev.zeros((1,))) == (not cheap_ops), spec
-        with devices.as_on_a_gpu():
-            assert devices.prefers_fewer_ops(dev.zeros((1,))) == (dev.library != "numpy"), spec
+        assert fastpaths.prefers_fewer_ops(dev.zeros((1,))) == (not cheap_ops), spec
+        with fastpaths.as_on_a_gpu():
+            assert fastpaths.prefers_fewer_ops(dev.zeros((1,))) == (dev.library != "numpy"), spec

@@ -17,7 +17,7 @@ import pytest
 import xpconv
 from xpconv import functional as F
 from xpconv import to_numpy
-from xpconv._geometry import window2d
+from xpconv._kernels.geometry import window2d
 
 from conftest import BACKENDS, assert_on, make_backend
 from naive import (avg_pool2d_backward_naive, avg_pool2d_naive, col2im_naive, conv2d_backward_naive,

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import xpconv
-from xpconv import devices, functional as F, workspace
+from xpconv import _backends, functional as F, workspace
+from xpconv._kernels import fastpaths
 
 torch = pytest.importorskip("torch", reason="the launch proxy counts torch's aten ops")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
@@ -27,12 +28,12 @@ SYNCS = {"_local_scalar_dense", "is_nonzero", "nonzero", "item"}
 
 class CountOps(TorchDispatchMode):
     """Counts the aten ops that launch kernels (``ops``) and the blocking syncs (``syncs``),
-    with the kernels choosing their paths as on a GPU (``devices.as_on_a_gpu``)."""
+    with the kernels choosing their paths as on a GPU (``fastpaths.as_on_a_gpu``)."""
 
     def __init__(self, *, forbid_syncs: bool = False):
         super().__init__()
         self.ops, self.syncs, self.forbid_syncs = [], [], forbid_syncs
-        self._as_gpu = devices.as_on_a_gpu()
+        self._as_gpu = fastpaths.as_on_a_gpu()
 
     def __enter__(self):
         self._as_gpu.__enter__()
@@ -58,14 +59,14 @@ class CountOps(TorchDispatchMode):
 @pytest.fixture
 def meta_is_a_gpu(monkeypatch):
     """xpconv's torch backend decides "GPU" by device type: let it count meta as one."""
-    monkeypatch.setattr(devices._TorchBackend, "gpu_types", ("cuda", "meta"))
+    monkeypatch.setattr(_backends._TorchBackend, "gpu_types", ("cuda", "meta"))
     return xpconv.device("torch:meta")
 
 
 @pytest.fixture
 def chunk_counts(monkeypatch):
     """The number of chunks of every ``workspace.chunked`` call of the conv kernels."""
-    from xpconv import _conv
+    from xpconv._kernels import conv as _conv
     counts, real = [], workspace.chunked
 
     def spy(*args, **kwargs):
@@ -124,12 +125,12 @@ def test_block_max_pool_is_a_few_ops_and_never_syncs(shape, budget):
 
     Measured: 29 and 30 ops and a sync each before the block path (per-tap masks, a NaN
     probe), 12 and 13 after, 8 and 9 with the window ranks and the zero kept on the
-    device (``devices.constant``: built by the first call, counted from the second).
+    device (``fastpaths.constant``: built by the first call, counted from the second).
     """
     rng = np.random.default_rng(0)
     x = torch.tensor(rng.standard_normal(shape), dtype=torch.float32)
     pool = xpconv.Pooling(2, 2, stride=2, rounding="floor")
-    with devices.as_on_a_gpu():                         # builds the GPU path's constants
+    with fastpaths.as_on_a_gpu():                         # builds the GPU path's constants
         pool.backward(pool.forward(x))
     with CountOps(forbid_syncs=True) as count:
         pool.backward(pool.forward(x))
@@ -138,22 +139,22 @@ def test_block_max_pool_is_a_few_ops_and_never_syncs(shape, budget):
 
 
 def test_constants_are_built_once_per_device_and_dtype():
-    """``devices.constant``: outside NumPy one array per (library, device, dtype, key), of
+    """``fastpaths.constant``: outside NumPy one array per (library, device, dtype, key), of
     the asked dtype on ``like``'s device; NumPy gets a fresh array every call."""
     x32, x64 = torch.ones(3), torch.ones(3, dtype=torch.float64)
-    zero = devices.constant(0, x32)
-    assert zero is devices.constant(0, x32) and zero.dtype == torch.float32 and zero.ndim == 0
+    zero = fastpaths.constant(0, x32)
+    assert zero is fastpaths.constant(0, x32) and zero.dtype == torch.float32 and zero.ndim == 0
     assert float(zero) == 0.0
-    assert devices.constant(0, x64).dtype == torch.float64
-    assert devices.constant(0, torch.ones(3, device="meta")).device.type == "meta"
-    nan = devices.constant(float("nan"), x32)
-    assert nan is devices.constant(float("nan"), x32) and bool(torch.isnan(nan))
-    ranks = devices.constant(lambda xp, dtype, where: xp.arange(4, dtype=dtype, device=where), x32,
+    assert fastpaths.constant(0, x64).dtype == torch.float64
+    assert fastpaths.constant(0, torch.ones(3, device="meta")).device.type == "meta"
+    nan = fastpaths.constant(float("nan"), x32)
+    assert nan is fastpaths.constant(float("nan"), x32) and bool(torch.isnan(nan))
+    ranks = fastpaths.constant(lambda xp, dtype, where: xp.arange(4, dtype=dtype, device=where), x32,
                              torch.int8, key="test ranks")
-    assert ranks is devices.constant(lambda *a: None, x32, torch.int8, key="test ranks")
+    assert ranks is fastpaths.constant(lambda *a: None, x32, torch.int8, key="test ranks")
     assert ranks.dtype == torch.int8 and ranks.tolist() == [0, 1, 2, 3]
     h = np.ones(2, dtype=np.float32)
-    assert devices.constant(0, h) is not devices.constant(0, h) and devices.constant(0, h).dtype == np.float32
+    assert fastpaths.constant(0, h) is not fastpaths.constant(0, h) and fastpaths.constant(0, h).dtype == np.float32
 
 
 def test_keep_where_outside_numpy_is_one_op():
@@ -161,9 +162,9 @@ def test_keep_where_outside_numpy_is_one_op():
     where ``keep`` and dropped elsewhere, as ``torch.where``."""
     x = torch.tensor([1.0, float("nan"), float("nan"), -2.0])
     keep = torch.tensor([True, True, False, False])
-    devices.keep_where(keep, x)
+    fastpaths.keep_where(keep, x)
     with CountOps(forbid_syncs=True) as count:
-        out = devices.keep_where(keep, x)
+        out = fastpaths.keep_where(keep, x)
     assert count.ops == ["where"], count.ops
     assert out.dtype == x.dtype
     np.testing.assert_array_equal(out.numpy(), torch.where(keep, x, 0.0).numpy())
@@ -205,8 +206,8 @@ def test_float32_stays_float32_for_large_window_counts(spec, cip):
     """A 256 x 256 window (divisor 65,536, where CuPy 13's value-based casting turns
     float32 / int into float64): the average-pool kernels multiply by a host float instead.
     On NumPy >= 2 and torch this holds either way; it pins the output dtype and value."""
-    from xpconv import _pool
-    from xpconv._geometry import window2d
+    from xpconv._kernels import pool as _pool
+    from xpconv._kernels.geometry import window2d
     dev = xpconv.device(spec)
     geom = window2d("test", (256, 256), (256, 256), 256, 0, pooling=True)
     a = dev.asarray(np.full((1, 2, 1, 1), 65536.0), dtype="float32")

@@ -1,4 +1,4 @@
-"""The GPU launch proxy (xpconv.launches): what it counts as a kernel op and as a sync, on
+"""The GPU launch proxy (xpconv.diagnostics.launches): what it counts as a kernel op and as a sync, on
 the CPU and on torch's meta device, and that it needs torch only when called."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the launch proxy counts torch ops")
 
-from xpconv.launches import LaunchCount, count_launches, simple_convnet_step_counts  # noqa: E402
+from xpconv.diagnostics.launches import LaunchCount, count_launches, simple_convnet_step_counts  # noqa: E402
 
 
 @pytest.mark.parametrize("dev", ["cpu", "meta"])
@@ -81,11 +81,11 @@ def test_device_filter_leaves_host_scalars_out():
 
 def test_module_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "import xpconv.launches as L\n"
+            "import xpconv.diagnostics.launches as L\n"
             "try:\n    L.count_launches().__enter__()\n"
             "except ModuleNotFoundError as e:\n    print('ERR', e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "ERR xpconv.launches.count_launches: the GPU launch proxy needs PyTorch" in out.stdout
+    assert "ERR xpconv.diagnostics.launches.count_launches: the GPU launch proxy needs PyTorch" in out.stdout
 
 
 @pytest.mark.parametrize("dev", ["meta", "cpu"])

@@ -1,4 +1,4 @@
-"""A network's gradient over a large batch in micro-batches (xpconv._microbatch).
+"""A network's gradient over a large batch in micro-batches (xpconv.network.microbatch).
 
 On host NumPy, ``Sequential.gradient`` splits a batch of more than MICRO_BATCH samples
 into equal parts, runs each on replicas of the layers and adds the parts' gradients.
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import xpconv
-from xpconv import _microbatch
+from xpconv.network import microbatch as _microbatch
 from xpconv.layers import Affine, BatchNormalization, Dropout, Relu
 
 SMALL = dict(input_dim=(1, 12, 12), conv_param={"filter_num": 6, "filter_size": 3, "pad": 1, "stride": 1},

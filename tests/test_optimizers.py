@@ -218,11 +218,11 @@ def test_fused_path_is_bit_for_bit_the_per_key_path(spec, dtype, name):
 
 def test_fused_adam_is_13_ops_and_sync_free():
     torch_dev = make_backend("torch")
-    from xpconv.launches import count_launches
+    from xpconv.diagnostics.launches import count_launches
     net = xpconv.SimpleConvNet(device=torch_dev, seed=0)
     grads = random_grads(net, torch_dev, np.random.default_rng(0), 0.01)
     opt = Adam()
-    from xpconv.devices import as_on_a_gpu
+    from xpconv._kernels.fastpaths import as_on_a_gpu
     with as_on_a_gpu():
         opt.update(net.params, grads)                  # state is created here, laid out as on a GPU
     with count_launches(forbid_syncs=True) as fused:

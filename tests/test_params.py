@@ -140,7 +140,7 @@ def test_state_arrays_are_copies():
 
 
 def test_shared_views_are_probed_for_unknown_libraries():
-    from xpconv import _flat
+    from xpconv.network import flat as _flat
     strict = make_backend("array_api_strict")
     assert _flat._probe(strict.zeros((2,), "float32")) is True      # NumPy views underneath
     jax_dev = make_backend("jax")

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 import xpconv
-from xpconv import cli, functional as F, selftest
+from xpconv import cli, functional as F
+from xpconv.diagnostics import selftest
 
 from conftest import make_backend
 

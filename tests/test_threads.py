@@ -18,7 +18,8 @@ import pytest
 
 import xpconv
 from conftest import traced_extra_bytes
-from xpconv import _microbatch, functional as F, threads, workspace
+from xpconv import functional as F, threads, workspace
+from xpconv.network import microbatch as _microbatch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 THREADS = [1, 2, 3]
@@ -361,7 +362,7 @@ def test_pooling_does_not_depend_on_the_thread_count(mode, k, s, p, dtype, limit
 @pytest.mark.parametrize("batch", [20, 150], ids=["one-pass", "micro-batches"])
 def test_training_does_not_depend_on_the_thread_count(dtype, limit, batch, monkeypatch):
     """A few seeded SGD steps of a small SimpleConvNet: bit-identical parameters. A batch of
-    150 goes in three micro-batches (xpconv._microbatch), which the workers take."""
+    150 goes in three micro-batches (xpconv.network.microbatch), which the workers take."""
     rng = np.random.default_rng(13)
     x = rng.standard_normal((5 * batch // 2, 1, 12, 12)).astype(dtype)
     t = rng.integers(0, 10, x.shape[0])

@@ -7,7 +7,7 @@ array-api-strict.
 >>> net.predict(x).shape                                   # doctest: +SKIP
 (N, 10)
 """
-from . import datasets, functional
+from . import datasets, distributed, functional
 from .devices import Device, available_devices, device, to_numpy
 from .gradcheck import numerical_gradient
 from .layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, Pooling, Relu,
@@ -32,6 +32,6 @@ __all__ = [
     "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get_optimizer",
     "Trainer", "TrainingDiverged", "numerical_gradient",
     # data, memory, threads
-    "datasets", "get_workspace_limit", "set_workspace_limit", "workspace_limit",
+    "datasets", "distributed", "get_workspace_limit", "set_workspace_limit", "workspace_limit",
     "get_num_threads", "set_num_threads",
 ]

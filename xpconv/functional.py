@@ -9,7 +9,7 @@ Notation::
     y: (N, FN, OH, OW)       output                b: (FN,)                     bias
     K = FH*FW                kernel taps           P = OH*OW                    output positions
 
-Output sizes follow ``xpconv._geometry`` (``OH = (H + pt + pb - dh*(FH-1) - 1) / sh + 1``
+Output sizes follow ``xpconv._kernels.geometry`` (``OH = (H + pt + pb - dh*(FH-1) - 1) / sh + 1``
 with ``rounding`` deciding what happens when that is not an integer).
 
 Every function takes its namespace from its inputs and returns arrays of the
@@ -17,9 +17,9 @@ input's dtype on the input's device; nothing is moved between devices.
 """
 from __future__ import annotations
 
-from . import _conv, _pool
-from ._checks import check_floating, check_grad, check_ndim, check_same_place
-from ._geometry import Window2d, pair, window2d, _is_int
+from ._kernels import conv as _conv, pool as _pool
+from ._kernels.checks import check_floating, check_grad, check_ndim, check_same_place
+from ._kernels.geometry import Window2d, pair, window2d, _is_int
 from .devices import device_scope
 
 __all__ = [

@@ -12,7 +12,7 @@ import math
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
-from ._checks import check_floating
+from ._kernels.checks import check_floating
 from .devices import device_scope, to_numpy
 
 __all__ = ["numerical_gradient", "max_relative_error", "compare_gradients",

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 import numbers
 
-from ._checks import as_index
-from ._geometry import window2d
+from ._kernels.checks import as_index
+from ._kernels.geometry import window2d
 from .devices import device as resolve_device, host_rng
 from .layers import Affine, Convolution, Dropout, Flatten, Pooling, Relu, Sigmoid
 from .network import Sequential

@@ -32,9 +32,10 @@ import math
 
 from array_api_compat import array_namespace, device as array_device
 
-from ._checks import check_floating, check_same_place
-from ._flat import FlatGroup, gather
-from .devices import constant, device_of, device_scope, dtype_name, prefers_fewer_ops, to_numpy
+from ._kernels.checks import check_floating, check_same_place
+from .network.flat import FlatGroup, gather
+from ._kernels.fastpaths import constant, prefers_fewer_ops
+from .devices import device_of, device_scope, dtype_name, to_numpy
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get_optimizer"]
 

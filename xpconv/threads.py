@@ -10,7 +10,7 @@ threads do not compete for the cores. ``n`` chunks of ``1/n`` of the limit are a
 once: the same bound as one chunk on one thread (a sample of half the limit or more gets
 at most two workers: ``workspace.chunked``). Small ops (:data:`MIN_THREADED_BYTES`) stay
 on the calling thread. A network's gradient over a batch of more than 64 samples goes in
-micro-batches (:mod:`xpconv._microbatch`), and the workers take whole micro-batches: each
+micro-batches (:mod:`xpconv.network.microbatch`), and the workers take whole micro-batches: each
 runs every layer on its part, as one op on one thread.
 
 Results do not depend on the thread count, bit for bit: each chunk writes its own rows of

@@ -13,7 +13,7 @@ import warnings
 
 from array_api_compat import array_namespace, is_array_api_obj
 
-from ._checks import check_labels
+from ._kernels.checks import check_labels
 from .devices import device as resolve_device, device_scope, dtype_name, from_host, host_rng, \
     is_host_numpy, to_numpy
 from .optimizers import get_optimizer

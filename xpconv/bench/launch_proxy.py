@@ -2,7 +2,7 @@
 
 There is no GPU here to count launches on, so the benchmark counts what would be
 launches: one call of each case runs on torch CPU tensors under
-:func:`xpconv.launches.count_launches` (a ``TorchDispatchMode``), for xpconv on
+:func:`xpconv.diagnostics.launches.count_launches` (a ``TorchDispatchMode``), for xpconv on
 torch and for native PyTorch.  ``ops`` are the aten ops that would be at least
 one CUDA kernel launch each, ``syncs`` the blocking device-to-host syncs
 (``_local_scalar_dense``, ``is_nonzero``, ``nonzero``, ``item``). xpconv is counted at
@@ -29,9 +29,9 @@ def launch_counter() -> tuple[Callable[..., Any] | None, str | None]:
     except ImportError:
         return None, "torch is not installed"
     try:
-        from xpconv.launches import count_launches
+        from xpconv.diagnostics.launches import count_launches
     except ImportError as exc:
-        return None, f"xpconv.launches is not available ({error_text(exc)})"
+        return None, f"xpconv.diagnostics.launches is not available ({error_text(exc)})"
     return count_launches, None
 
 
@@ -63,7 +63,7 @@ def count_launches_per_case(cases: list[Case], log: Callable[[str], None] = lamb
                             ) -> tuple[dict[str, dict[str, LaunchRecord]], str | None]:
     """Launch proxy of every case: ``{case id: {"xpconv:torch": ..., "torch": ...}}`` and a note.
 
-    The note says why nothing was counted (torch or ``xpconv.launches`` missing), else None.
+    The note says why nothing was counted (torch or ``xpconv.diagnostics.launches`` missing), else None.
     """
     count_launches, why = launch_counter()
     if count_launches is None:

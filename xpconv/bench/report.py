@@ -80,7 +80,7 @@ def format_text(run: BenchmarkRun) -> str:
         lines += ["", run.launch_note]
     else:
         lines += ["", f"{LAUNCH_LABEL}: kernel ops / blocking syncs of one call, counted with "
-                      "xpconv.launches.count_launches"] + [f"  error {e}"[:160] for e in _launch_errors(run)]
+                      "xpconv.diagnostics.launches.count_launches"] + [f"  error {e}"[:160] for e in _launch_errors(run)]
     lines += ["", f"elapsed {run.elapsed_s:.0f} s"]
     return "\n".join(lines)
 
@@ -129,7 +129,7 @@ def format_markdown(run: BenchmarkRun) -> str:
     if run.launch_note:
         out.append(run.launch_note)
     elif any(res.launches for res in run.cases):
-        out += ["Per call of each case, on torch CPU tensors under `xpconv.launches.count_launches` "
+        out += ["Per call of each case, on torch CPU tensors under `xpconv.diagnostics.launches.count_launches` "
                 "(after one uncounted call): kernel ops = aten ops that would be at least one CUDA "
                 "kernel launch each; syncs = blocking device-to-host syncs. xpconv = xpconv's layers "
                 "on torch; torch = native PyTorch (`torch.nn.functional`, SimpleConvNet as an `nn.Module`, "

@@ -117,7 +117,7 @@ class Ceiling:
 class LaunchRecord:
     """GPU launch proxy of one call: aten ops (kernel launches on CUDA) and blocking syncs.
 
-    Counted on torch's CPU backend by :func:`xpconv.launches.count_launches`.
+    Counted on torch's CPU backend by :func:`xpconv.diagnostics.launches.count_launches`.
     """
 
     ops: int | None = None

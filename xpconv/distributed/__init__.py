@@ -23,14 +23,12 @@ xpconv.distributed --bench`` (1 and 2 ranks against one process with two threads
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import math
 import os
 import shutil
 import sys
 import time
 import traceback
-from dataclasses import dataclass
 from pathlib import Path
 
 import array_api_compat
@@ -38,6 +36,7 @@ import numpy
 from array_api_compat import array_namespace
 
 from ..devices import Device, device as resolve_device, device_scope, from_host, to_numpy
+from ..layers.shard import Shard, current_shard, sharded
 
 __all__ = ["init", "active", "Communicator", "SingleProcess", "MPICommunicator", "Shard",
            "current_shard", "sharded", "launched_by_mpi", "find_mpiexec", "DistributedUnavailable",
@@ -412,56 +411,6 @@ class MPICommunicator(Communicator):
         return a
 
 
-# ============================================================================ the step's shard
-
-@dataclass(frozen=True)
-class Shard:
-    """This rank's rows ``[start, stop)`` of a global batch of ``total`` samples.
-
-    Layers that see only their rank's rows but must act on the whole batch read it from
-    :func:`current_shard`: ``weight = n / total`` turns this rank's mean-loss gradient
-    into its part of the global batch's.
-    """
-
-    comm: Communicator
-    start: int
-    stop: int
-    total: int
-
-    @property
-    def n(self) -> int:
-        return self.stop - self.start
-
-    @property
-    def weight(self) -> float:
-        return self.n / self.total
-
-    def check_rows(self, who: str, x) -> None:
-        """``x`` has this shard's number of rows, else a ValueError naming ``who``."""
-        if x.shape[0] != self.n:
-            raise ValueError(f"{who}: in a distributed step this rank holds rows "
-                             f"{self.start}..{self.stop} ({self.n}) of a batch of {self.total}; "
-                             f"got x with {x.shape[0]} rows (layers must keep the batch axis)")
-
-
-_CURRENT_SHARD: contextvars.ContextVar = contextvars.ContextVar("xpconv_shard", default=None)
-
-
-@contextlib.contextmanager
-def sharded(shard: Shard):
-    """Context in which :func:`current_shard` returns ``shard`` (set around each step)."""
-    token = _CURRENT_SHARD.set(shard)
-    try:
-        yield shard
-    finally:
-        _CURRENT_SHARD.reset(token)
-
-
-def current_shard() -> "Shard | None":
-    """The shard of the distributed step in progress, or None outside one."""
-    return _CURRENT_SHARD.get()
-
-
 def _join_without_samples(network, x) -> dict:
     """A rank whose share of this batch is empty: forward and backward on 0 rows, so that
     it joins the layers' collectives (BatchNormalization) and draws the same random
@@ -569,7 +518,7 @@ def _abort_on_uncaught_exception(world: Communicator) -> None:
 
 def _visible_gpus(prefix: str) -> int:
     """GPUs this process sees through CuPy ("cuda"), torch ("torch:cuda") or JAX ("jax:gpu")."""
-    from ..devices import _cupy_gpu_count, _importable
+    from .._backends import cupy_gpu_count as _cupy_gpu_count, importable as _importable
     try:
         if prefix == "cuda":
             return _cupy_gpu_count()

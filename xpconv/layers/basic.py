@@ -10,9 +10,10 @@ import numbers
 
 from array_api_compat import array_namespace
 
-from .._checks import check_array, check_floating, check_grad, check_ndim, check_same_place
-from ..devices import device_scope, from_host, host_rng, keep_where
-from ..distributed import current_shard
+from .._kernels.checks import check_array, check_floating, check_grad, check_ndim, check_same_place
+from .._kernels.fastpaths import keep_where
+from ..devices import device_scope, from_host, host_rng
+from .shard import current_shard
 
 __all__ = ["Affine", "Relu", "Sigmoid", "Flatten", "Dropout"]
 

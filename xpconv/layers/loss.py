@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace, device
 
-from .._checks import check_array, check_floating, check_labels, check_ndim, check_same_place
-from ..devices import constant, device_scope, is_host_numpy
+from .._kernels.checks import check_array, check_floating, check_labels, check_ndim, check_same_place
+from .._kernels.fastpaths import constant
+from ..devices import device_scope, is_host_numpy
 
 __all__ = ["softmax", "cross_entropy_error", "SoftmaxWithLoss"]
 

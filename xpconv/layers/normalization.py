@@ -5,9 +5,9 @@ import math
 
 from array_api_compat import array_namespace
 
-from .._checks import check_floating, check_grad, check_ndim, check_same_place
+from .._kernels.checks import check_floating, check_grad, check_ndim, check_same_place
 from ..devices import device_scope
-from ..distributed import current_shard
+from .shard import current_shard
 
 __all__ = ["BatchNormalization"]
 

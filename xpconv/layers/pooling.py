@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 from ..devices import device_scope
-from .._checks import check_flag, check_grad
-from .._pool import (avg_pool2d_backward_unchecked, avg_pool2d_unchecked,
+from .._kernels.checks import check_flag, check_grad
+from .._kernels.pool import (avg_pool2d_backward_unchecked, avg_pool2d_unchecked,
                      max_pool2d_backward_unchecked, max_pool2d_unchecked)
 from ..functional import _pool_geometry
-from .._geometry import ROUNDINGS, check_pad, pair
+from .._kernels.geometry import ROUNDINGS, check_pad, pair
 
 MODES = ("max", "avg")
 

@@ -1,7 +1,7 @@
 """Convolution kernels on validated inputs (internal; ``xpconv.functional`` checks and calls them).
 
 Nothing here validates its arguments: the ``*_unchecked`` names say so. Callers pass a
-:class:`~xpconv._geometry.Window2d` computed by ``functional``'s checks, run inside
+:class:`~xpconv._kernels.geometry.Window2d` computed by ``functional``'s checks, run inside
 ``device_scope(x)``, and get arrays of the input's dtype on the input's device.
 
 Notation::
@@ -13,10 +13,11 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace, device
 
-from . import _windows, threads
-from ._geometry import Window2d
-from .devices import is_host_numpy
-from .workspace import chunked, itemsize, set_rows
+from . import windows as _windows
+from .. import threads
+from .geometry import Window2d
+from ..devices import is_host_numpy
+from ..workspace import chunked, itemsize, set_rows
 
 
 def im2col_unchecked(x, geom: Window2d):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
-from ._geometry import Window2d
+from .geometry import Window2d
 
 
 def pad(x, geom: Window2d, value: float = 0.0):

@@ -21,9 +21,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ._atomic import atomic_write
-from ._book_pickle import PICKLE_PROTOCOLS, read_book_pickle
-from ._npz_reader import NpzReader
+from .atomic import atomic_write
+from .book_pickle import PICKLE_PROTOCOLS, read_book_pickle
+from .npz_reader import NpzReader
 
 __all__ = ["save_arrays", "load_arrays", "open_npz", "max_load_bytes", "META_PREFIX",
            "DEFAULT_MAX_LOAD_BYTES", "MAX_LOAD_ENV"]

@@ -16,13 +16,14 @@ from typing import Iterable
 
 from array_api_compat import array_namespace, device as array_device, is_array_api_obj
 
-from . import _microbatch, serialization
-from ._flat import FlatGroup, by_dtype, layout_key, shares_views
-from .devices import (Device, device as resolve_device, device_of, device_scope, dtype_name,
+from . import microbatch as _microbatch
+from .. import serialization
+from .flat import FlatGroup, by_dtype, layout_key, shares_views
+from ..devices import (Device, device as resolve_device, device_of, device_scope, dtype_name,
                       is_host_numpy, to_numpy)
-from ._checks import check_labels
-from .gradcheck import numerical_gradient as _numerical_gradient
-from .layers.loss import SoftmaxWithLoss
+from .._kernels.checks import check_labels
+from ..gradcheck import numerical_gradient as _numerical_gradient
+from ..layers.loss import SoftmaxWithLoss
 
 # (array attribute, gradient attribute) of layers that learn
 _PARAM_ATTRS = (("W", "dW"), ("b", "db"), ("gamma", "dgamma"), ("beta", "dbeta"))
@@ -73,7 +74,7 @@ class Parameters(MutableMapping):
 
     @property
     def flat(self) -> "tuple[FlatGroup, ...] | None":
-        """The parameters as 1-D buffers, one :class:`~xpconv._flat.FlatGroup` per dtype.
+        """The parameters as 1-D buffers, one :class:`~xpconv.network.flat.FlatGroup` per dtype.
 
         ``group.views[name]`` is ``params[name]``; updating ``group.buffer`` in place
         updates the layers. Arrays rebound since the last call are copied into their
@@ -216,7 +217,7 @@ class Sequential:
         integer labels of shape (N,) or (N, 1) in 0..K-1, or (N, K) one-hot targets (their
         argmax). Host data (NumPy arrays, lists) is moved to the model's device once;
         correct predictions are counted there and read back once. On host NumPy, the
-        workers of ``xpconv.set_num_threads`` predict a batch each (``xpconv._microbatch``).
+        workers of ``xpconv.set_num_threads`` predict a batch each (``xpconv.network.microbatch``).
         """
         who = f"{type(self).__name__}.accuracy"
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -250,7 +251,7 @@ class Sequential:
         """Gradients of ``loss(x, t)`` by backpropagation: ``{name: array like params[name]}``.
 
         On host NumPy a batch of more than 64 samples goes through the network in equal
-        micro-batches (``xpconv._microbatch``; the workers of ``xpconv.set_num_threads``
+        micro-batches (``xpconv.network.microbatch``; the workers of ``xpconv.set_num_threads``
         take them), when every layer treats each sample on its own: the same gradients
         up to rounding, bit-identical for every thread count. The layers get the summed
         gradients (``dW``, ``db``) and ``last_layer.loss`` the batch's mean loss; their

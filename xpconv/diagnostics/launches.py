@@ -17,7 +17,7 @@ runs under a ``TorchDispatchMode`` that sees every aten op reaching the backend:
 On torch's ``meta`` device the counts come without any compute (large shapes cost
 nothing); there a sync reads as 0 / False so that the block can go on.
 
->>> from xpconv.launches import count_launches                        # doctest: +SKIP
+>>> from xpconv.diagnostics.launches import count_launches                        # doctest: +SKIP
 >>> with count_launches(forbid_syncs=True) as count:                   # doctest: +SKIP
 ...     grads = net.gradient(x, t); opt.update(net.params, grads)
 >>> count.ops, count.syncs, count.by_op.most_common(3)                  # doctest: +SKIP
@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .devices import as_on_a_gpu
+from .._kernels.fastpaths import as_on_a_gpu
 
 __all__ = ["LaunchCount", "count_launches", "simple_convnet_step_counts", "NOT_KERNELS"]
 
@@ -97,7 +97,7 @@ def count_launches(*, forbid_syncs: bool = False, device: "str | None" = None) -
         import torch
         from torch.utils._python_dispatch import TorchDispatchMode
     except ImportError as exc:   # pragma: no cover - exercised in the bare environment
-        raise ModuleNotFoundError("xpconv.launches.count_launches: the GPU launch proxy needs "
+        raise ModuleNotFoundError("xpconv.diagnostics.launches.count_launches: the GPU launch proxy needs "
                                   "PyTorch (pip install torch)") from exc
     count = LaunchCount()
     on_meta = device == "meta"
@@ -215,8 +215,8 @@ def simple_convnet_step_counts(batch: int = 100, device: str = "meta", *, seed: 
     import numpy
     import torch
 
-    from .models import SimpleConvNet
-    from .optimizers import Adam
+    from ..models import SimpleConvNet
+    from ..optimizers import Adam
 
     if device not in ("meta", "cpu"):
         raise ValueError(f"simple_convnet_step_counts: expected device 'meta' or 'cpu'; got {device!r}")

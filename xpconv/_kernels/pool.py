@@ -1,7 +1,7 @@
 """Pooling kernels on validated inputs (internal; ``xpconv.functional`` checks and calls them).
 
 Nothing here validates its arguments: the ``*_unchecked`` names say so. Callers pass a
-:class:`~xpconv._geometry.Window2d` computed by ``functional``'s checks, run inside
+:class:`~xpconv._kernels.geometry.Window2d` computed by ``functional``'s checks, run inside
 ``device_scope(x)``, and get arrays of the input's dtype on the input's device.
 
 Shapes: x (N, C, H, W) -> y (N, C, OH, OW); K = kh*kw taps per window, Hp, Wp the
@@ -27,10 +27,10 @@ from __future__ import annotations
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
-from . import _windows
-from ._geometry import Window2d
-from .devices import constant, keep_where, prefers_fewer_ops
-from .workspace import itemsize, map_batch
+from . import windows as _windows
+from .geometry import Window2d
+from .fastpaths import constant, keep_where, prefers_fewer_ops
+from ..workspace import itemsize, map_batch
 
 _BOOL_BYTES = 1
 

@@ -16,7 +16,7 @@ from typing import Mapping
 
 from array_api_compat import array_namespace, device as array_device
 
-from .devices import device_scope, dtype_name, to_numpy
+from ..devices import device_scope, dtype_name, to_numpy
 
 
 class FlatGroup:

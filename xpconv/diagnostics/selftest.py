@@ -30,9 +30,9 @@ from importlib import metadata
 import numpy as np
 from array_api_compat import array_namespace, device as array_device
 
-from . import functional as F
-from .devices import Device, device as resolve_device, dtype_name, to_numpy
-from .workspace import workspace_limit
+from .. import functional as F
+from ..devices import Device, device as resolve_device, dtype_name, to_numpy
+from ..workspace import workspace_limit
 
 __all__ = ["Check", "Report", "run", "TOLERANCES"]
 
@@ -283,8 +283,8 @@ NET = dict(input_dim=(1, 10, 10), conv_param={"filter_num": 4, "filter_size": 3,
 
 
 def _network_checks(c: _Checker, seed):
-    from .models import SimpleConvNet
-    from .optimizers import SGD
+    from ..models import SimpleConvNet
+    from ..optimizers import SGD
     x, t = c.host(6, *NET["input_dim"]), c.rng.integers(0, NET["output_size"], 6)
     state = {}
 
@@ -317,8 +317,8 @@ def _network_checks(c: _Checker, seed):
 
 
 def _time_step(dev: Device, dtype, batch_size, repeat, warmup, seed) -> dict:
-    from .models import SimpleConvNet
-    from .optimizers import Adam
+    from ..models import SimpleConvNet
+    from ..optimizers import Adam
     rng = np.random.default_rng(seed)
     net = SimpleConvNet(device=dev, dtype=dtype, seed=seed)       # the book's MNIST network
     x = dev.asarray(rng.random((batch_size, 1, 28, 28)), dtype=dtype)

@@ -8,7 +8,7 @@ import operator
 
 from array_api_compat import array_namespace, device, is_array_api_obj
 
-from .devices import is_host_numpy
+from ..devices import is_host_numpy
 
 
 def check_array(who: str, name: str, x) -> None:

@@ -28,9 +28,9 @@ from __future__ import annotations
 import copy
 import weakref
 
-from . import threads
-from .devices import is_host_numpy
-from .layers import Affine, Convolution, Flatten, Pooling, Relu, Sigmoid, SoftmaxWithLoss
+from .. import threads
+from ..devices import is_host_numpy
+from ..layers import Affine, Convolution, Flatten, Pooling, Relu, Sigmoid, SoftmaxWithLoss
 
 MICRO_BATCH = 64
 SAMPLE_WISE = (Affine, Convolution, Flatten, Pooling, Relu, Sigmoid)

@@ -1,0 +1,52 @@
+"""The ``xpconv`` command: devices, train, filters, convert, selftest, bench.
+
+Each command lives in a module of this package with an ``add_parser(sub)`` that sets
+``run``; :func:`main` parses and runs it, turning the expected failures into one line
+and exit code 1 (option errors are argparse's: usage and exit code 2).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import tools, train
+from .common import EXPECTED_ERRORS, fail_on_this_rank, is_root, one_line
+
+__all__ = ["main"]
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)
+    if getattr(args, "command", None) == "bench":
+        args.bench_argv = rest  # every option, --help included, is the benchmark's own
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    from ..trainer import TrainingDiverged
+    try:
+        return args.run(args)
+    except TrainingDiverged as exc:   # with --distributed, every rank stops at the same step
+        if is_root():
+            print(f"xpconv {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 1
+    except EXPECTED_ERRORS as exc:
+        fail_on_this_rank(f"xpconv {args.command}: error: {one_line(exc)}")
+        return 1
+    except KeyboardInterrupt:
+        print(f"xpconv {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xpconv", description="The book's CNN on any Array API device.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    tools.add_parsers(sub)
+    train.add_parser(sub)
+    return p
+
+
+if __name__ == "__main__":
+    sys.exit(main())

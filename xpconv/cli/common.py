@@ -1,0 +1,76 @@
+"""What the ``xpconv`` commands share: option types, output checks, one-line errors."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+MODELS = ("simple", "deep", "lenet")
+OPTIMIZERS = ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
+
+# Failures a user can cause and fix (bad option, file, data, divergence): one line, exit 1.
+# FloatingPointError covers xpconv.TrainingDiverged. Option errors are argparse's: usage, exit 2.
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (its type's name if it has none)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def is_root() -> bool:
+    from ..distributed import active
+    comm = active()
+    return comm is None or comm.is_root
+
+
+def fail_on_this_rank(message: str) -> None:
+    """Print the error; in a job of several ranks, end them all (the others would wait
+    for this one in their next collective)."""
+    from ..distributed import active
+    comm = active()
+    if comm is None or comm.size == 1:
+        print(message, file=sys.stderr)
+        return
+    print(f"{message} (rank {comm.rank} of {comm.size}; ending all ranks)", file=sys.stderr)
+    comm.abort(1)
+
+
+def check_writable(path, option="--save") -> None:
+    """Output ``path`` of --save or --json: its folder exists and takes a new file; not a folder."""
+    target = Path(path)
+    folder = target.parent
+    if target.is_dir():
+        raise ValueError(f"{option} {path}: is a folder; give the name of a file in it")
+    if not folder.is_dir():
+        raise ValueError(f"{option} {path}: the folder {folder} does not exist; create it first")
+    try:   # the only sure test (permissions, read-only file systems): write a file there
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".xpconv-write-test-")
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot write in the folder {folder} "
+                         f"({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text}")
+    return value
+
+
+def optimizer_name(text: str) -> str:
+    for name in OPTIMIZERS:
+        if name.lower() == text.lower():
+            return name
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(OPTIMIZERS)}; got {text!r}")

@@ -1,0 +1,134 @@
+"""``xpconv train``: train a network on MNIST, a bundled set or your data."""
+from __future__ import annotations
+
+import sys
+import time
+import warnings
+
+from .common import MODELS, OPTIMIZERS, check_writable, optimizer_name, positive_int
+
+MAX_CLASSES = 10_000   # labels must be 0..K-1 with K at most this (the output layer has K units)
+
+
+def add_parser(sub) -> None:
+    t = sub.add_parser("train", help="train a network on MNIST (default) or your data",
+                       description="Train a network. With no arguments: SimpleConvNet on the full "
+                                   "MNIST set if it is cached or can be downloaded, else on the "
+                                   "bundled MNIST (8,000 train / 2,000 validation images).")
+    t.add_argument("--model", choices=MODELS, default="simple", help="network (default: simple)")
+    t.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, torch, jax, ...")
+    t.add_argument("--epochs", type=positive_int, default=20, help="passes over the data (default: 20)")
+    t.add_argument("--batch-size", type=positive_int, default=100, help="mini-batch size (default: 100)")
+    t.add_argument("--optimizer", default="Adam", type=optimizer_name,
+                   help=f"one of {', '.join(OPTIMIZERS)} (default: Adam)")
+    t.add_argument("--lr", type=float, default=0.001, help="learning rate (default: 0.001)")
+    t.add_argument("--data", default=None,
+                   help="mnist, mnist-bundled or PATH.npz (x: (N, C, H, W), t: (N,)); "
+                        "default: mnist, falling back to mnist-bundled offline")
+    t.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default: 0)")
+    t.add_argument("--limit", type=positive_int, default=None, metavar="N",
+                   help="use only the first N training and test images (quick trials)")
+    t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
+    t.add_argument("--save", metavar="PATH", help="write the trained parameters here (.npz)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of 'mpiexec -n N' (pip install \"xpconv[mpi]\"); "
+                        "--batch-size stays the global batch; each rank uses its own GPU")
+    t.add_argument("--transport", choices=("host", "nccl"), default=None,
+                   help="with --distributed, how CuPy gradients travel: host (default: through "
+                        "host memory, any MPI) or nccl (GPU to GPU through CuPy's NCCL)")
+    t.set_defaults(run=run)
+
+
+
+def run(args) -> int:
+    from .. import DeepConvNet, LeNet, SimpleConvNet, Trainer
+    from ..datasets import DatasetUnavailableError, load_dataset
+    from ..devices import device
+
+    if args.save:
+        check_writable(args.save)     # before any data is loaded or a step is run
+    comm = None
+    if args.distributed:
+        from ..distributed import init
+        comm = init(transport=args.transport or "host")
+    elif args.transport:
+        raise ValueError("--transport is for --distributed runs (mpiexec -n N xpconv train "
+                         "--distributed --transport nccl)")
+    root = comm is None or comm.is_root
+    say = print if root else _silent
+    dev = device(args.device) if comm is None else comm.local_device(args.device)
+    name = args.data or "mnist"
+    if root:   # rank 0 loads (and downloads) first; the others then load what it chose
+        try:
+            (x_train, t_train), (x_test, t_test) = load_dataset(
+                name, progressbar=False if args.quiet else None)
+        except DatasetUnavailableError as exc:
+            if args.data is not None:   # one line; the full message lists every mirror's error
+                raise DatasetUnavailableError(f"{str(exc).splitlines()[0]}; --data mnist-bundled works "
+                                              f"offline") from None
+            if not args.quiet:
+                print(f"xpconv train: full MNIST unavailable ({str(exc).splitlines()[0]}); using the "
+                      f"bundled MNIST test set instead (8,000 train / 2,000 validation)", file=sys.stderr)
+            name = "mnist-bundled"
+            (x_train, t_train), (x_test, t_test) = load_dataset(name)
+    if comm is not None:
+        name = comm.broadcast_object(name)
+        if not root:
+            (x_train, t_train), (x_test, t_test) = load_dataset(name)
+    if args.limit:
+        x_train, t_train, x_test, t_test = (a[:args.limit] for a in (x_train, t_train, x_test, t_test))
+    classes = _class_count(name, t_train, t_test)
+    input_dim = tuple(x_train.shape[1:])
+    model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]
+    kwargs = dict(input_dim=input_dim, output_size=classes, device=dev, dtype=args.dtype, seed=args.seed)
+    network = model_class(**kwargs)
+    ranks = "" if comm is None else (f" (global, over {comm.size} rank{'s' if comm.size > 1 else ''}, "
+                                    f"transport {comm.transport})")
+    say(f"xpconv train: {model_class.__name__} on {dev} ({dev.xp.__name__}), data {name}: "
+        f"{len(x_train)} train / {len(x_test)} test images {input_dim}, {args.optimizer} lr={args.lr}, "
+        f"batch {args.batch_size}{ranks}, {args.epochs} epochs, seed {args.seed}")
+    trainer = Trainer(network, x_train, t_train, x_test, t_test, epochs=args.epochs,
+                      mini_batch_size=args.batch_size, optimizer=args.optimizer,
+                      optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed,
+                      comm=comm)
+    start = time.perf_counter()
+    with warnings.catch_warnings():   # a diverging step's overflow: TrainingDiverged says it in one line
+        warnings.filterwarnings("ignore", "(overflow|invalid value|divide by zero) encountered",
+                                RuntimeWarning)
+        trainer.train()
+    total = time.perf_counter() - start
+    per_epoch = sorted(trainer.epoch_seconds)[len(trainer.epoch_seconds) // 2]
+    on = f"{dev}" if comm is None else f"{comm.size} ranks ({dev} on rank 0)"
+    say(f"summary: test accuracy {trainer.test_acc:.4f} on {len(x_test)} images ({name}); "
+        f"{per_epoch:.2f} s/epoch (median), {total:.1f} s in total on {on}")
+    if args.save and root:   # the ranks hold the same parameters: rank 0 writes them
+        network.save_params(args.save)
+        print(f"saved parameters to {args.save} (load with {model_class.__name__}("
+              f"input_dim={input_dim}, output_size={classes}).load_params({args.save!r}))")
+    if comm is not None:
+        comm.barrier()       # no rank reports success before the file is written
+    return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
+
+
+def _class_count(name, t_train, t_test) -> int:
+    """K = largest label + 1, for labels 0..K-1; refused when K is huge, labels are sparse or
+    there is a single class (before a K-way output layer is allocated)."""
+    import numpy
+    used = numpy.unique(numpy.concatenate([numpy.asarray(t_train), numpy.asarray(t_test)]))
+    classes = int(used[-1]) + 1
+    fix = "renumber the labels 0..K-1 (e.g. numpy.unique(t, return_inverse=True))"
+    if classes > MAX_CLASSES:
+        raise ValueError(f"data {name}: the largest label is {classes - 1}, which would need {classes} output "
+                         f"classes; xpconv train takes labels 0..K-1 with K <= {MAX_CLASSES:,}: {fix}")
+    if classes > 10 and 2 * len(used) < classes:
+        raise ValueError(f"data {name}: labels are not dense: {len(used)} distinct labels but the largest is "
+                         f"{classes - 1} ({classes} output classes); {fix}")
+    if len(numpy.unique(numpy.asarray(t_train))) < 2:
+        raise ValueError(f"data {name}: every training label is {int(t_train[0])}, a single class: "
+                         f"nothing to learn; use data with at least 2 classes")
+    return classes

@@ -3,8 +3,8 @@
 For the first user with a GPU (or any new device): run ``xpconv selftest --device cuda
 --json selftest.json`` and attach the JSON file to a bug report. Each check runs an op of
 :mod:`xpconv.functional` on the device, in the device dtype, and compares it with a
-reference computed here in NumPy float64 from the same (rounded) inputs, written
-independently of xpconv's kernels (padding, ``sliding_window_view`` and ``einsum``)::
+reference computed in NumPy float64 from the same (rounded) inputs by
+:mod:`xpconv.diagnostics.reference`, written independently of xpconv's kernels::
 
     error = max |device - reference| / max |reference|      (PASS when error <= tolerance)
 
@@ -31,6 +31,7 @@ import numpy as np
 from array_api_compat import array_namespace, device as array_device
 
 from .. import functional as F
+from . import reference
 from ..devices import Device, device as resolve_device, dtype_name, to_numpy
 from ..workspace import workspace_limit
 
@@ -216,9 +217,9 @@ def _in_chunks(fn):
 def _conv_checks(c: _Checker, label, x_shape, w_shape, kw):
     x, w, b = c.host(*x_shape), c.host(*w_shape), c.host(w_shape[0])
     opts = dict(kw, rounding="floor")
-    y_ref = _ref_conv(x, w, b, **kw)
+    y_ref = reference.conv2d(x, w, b, **kw)
     dy = c.host(*y_ref.shape)
-    dx_ref, dw_ref, db_ref = _ref_conv_backward(dy, x, w, **kw)
+    dx_ref, dw_ref, db_ref = reference.conv2d_backward(dy, x, w, **kw)
 
     def forward():
         return c.error(F.conv2d(c.put(x), c.put(w), c.put(b), **opts), y_ref)
@@ -233,9 +234,9 @@ def _conv_checks(c: _Checker, label, x_shape, w_shape, kw):
 def _max_pool_checks(c: _Checker):
     label, shape, k, kw = POOL
     x = c.host(*shape)
-    y_ref = _ref_max_pool(x, k, **kw)
+    y_ref = reference.max_pool2d(x, k, **kw)
     dy = c.host(*y_ref.shape)
-    dx_ref = _ref_max_pool_backward(dy, x, k, **kw)
+    dx_ref = reference.max_pool2d_backward(dy, x, k, **kw)
     opts = dict(kw, rounding="floor")
 
     def backward():
@@ -249,9 +250,9 @@ def _max_pool_checks(c: _Checker):
 def _avg_pool_checks(c: _Checker):
     label, shape, k, kw = AVG
     x = c.host(*shape)
-    refs = {cip: _ref_avg_pool(x, k, **kw, count_include_pad=cip) for cip in (True, False)}
+    refs = {cip: reference.avg_pool2d(x, k, **kw, count_include_pad=cip) for cip in (True, False)}
     dy = c.host(*refs[True][0].shape)
-    dx_refs = {cip: _ref_avg_pool_backward(dy, x, k, **kw, divisor=refs[cip][1]) for cip in (True, False)}
+    dx_refs = {cip: reference.avg_pool2d_backward(dy, x, k, **kw, divisor=refs[cip][1]) for cip in (True, False)}
     opts = dict(kw, rounding="floor")
 
     def forward():
@@ -268,9 +269,9 @@ def _avg_pool_checks(c: _Checker):
 def _col_checks(c: _Checker):
     label, shape, (fh, fw), kw = COL
     x = c.host(*shape)
-    col_ref = _ref_im2col(x, (fh, fw), **kw)
+    col_ref = reference.im2col(x, (fh, fw), **kw)
     col = c.host(*col_ref.shape)
-    x_ref = _ref_col2im(col, shape, (fh, fw), **kw)
+    x_ref = reference.col2im(col, shape, (fh, fw), **kw)
     opts = dict(kw, rounding="floor")
     return [(f"im2col {label}", lambda: c.error(F.im2col(c.put(x), fh, fw, **opts), col_ref)),
             (f"col2im {label}", lambda: c.error(F.col2im(c.put(col), shape, fh, fw, **opts), x_ref))]
@@ -371,112 +372,3 @@ def _version(dist: str) -> str:
 
 def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: " + " ".join(str(exc).split())
-
-
-# ============================================================================ NumPy float64 references
-# Written from the definitions, not from xpconv's kernels. pads = ((top, bottom), (left, right));
-# output sizes floor((size + p0 + p1 - d*(k - 1) - 1) / s) + 1.
-
-def _pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def _windows(x, k, stride, pad, dilation=1, value=0.0):
-    """Padded x and its windows (N, C, OH, OW, KH, KW), plus the tap slices of the padded input."""
-    (kh, kw), (sh, sw), (dh, dw) = _pair(k), _pair(stride), _pair(dilation)
-    xp = np.pad(x, ((0, 0), (0, 0), *pad), constant_values=value)
-    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
-    oh, ow = (xp.shape[2] - eh) // sh + 1, (xp.shape[3] - ew) // sw + 1
-    view = np.lib.stride_tricks.sliding_window_view(xp, (eh, ew), axis=(2, 3))
-    win = view[:, :, :sh * (oh - 1) + 1:sh, :sw * (ow - 1) + 1:sw, ::dh, ::dw]
-
-    def tap(i, j):  # the padded positions that kernel tap (i, j) reads, (OH, OW) of them
-        return (slice(None), slice(None), slice(i * dh, i * dh + sh * (oh - 1) + 1, sh),
-                slice(j * dw, j * dw + sw * (ow - 1) + 1, sw))
-
-    return xp, win, tap
-
-
-def _unpad(xp, pad, shape):
-    (t, _), (l, _) = pad
-    return xp[:, :, t:t + shape[2], l:l + shape[3]]
-
-
-def _ref_conv(x, w, b, stride, pad, dilation, groups):
-    N, C = x.shape[:2]
-    FN, Cg, KH, KW = w.shape
-    _, win, _ = _windows(x, (KH, KW), stride, pad, dilation)
-    oh, ow = win.shape[2:4]
-    win = win.reshape(N, groups, Cg, oh, ow, KH, KW)
-    y = np.einsum("ngchwij,gfcij->ngfhw", win, w.reshape(groups, FN // groups, Cg, KH, KW))
-    return y.reshape(N, FN, oh, ow) + b[None, :, None, None]
-
-
-def _ref_conv_backward(dy, x, w, stride, pad, dilation, groups):
-    N, C = x.shape[:2]
-    FN, Cg, KH, KW = w.shape
-    xp, win, tap = _windows(x, (KH, KW), stride, pad, dilation)
-    oh, ow = win.shape[2:4]
-    dyg = dy.reshape(N, groups, FN // groups, oh, ow)
-    wg = w.reshape(groups, FN // groups, Cg, KH, KW)
-    dw = np.einsum("ngfhw,ngchwij->gfcij", dyg, win.reshape(N, groups, Cg, oh, ow, KH, KW))
-    dxp = np.zeros_like(xp)
-    for i in range(KH):
-        for j in range(KW):
-            dxp[tap(i, j)] += np.einsum("ngfhw,gfc->ngchw", dyg, wg[..., i, j]).reshape(N, C, oh, ow)
-    return _unpad(dxp, pad, x.shape), dw.reshape(w.shape), dy.sum(axis=(0, 2, 3))
-
-
-def _ref_max_pool(x, k, stride, pad):
-    _, win, _ = _windows(x, k, stride, pad, value=-np.inf)
-    return win.max(axis=(4, 5))
-
-
-def _ref_max_pool_backward(dy, x, k, stride, pad):
-    """Each window's gradient to its first maximum (row-major), as PyTorch."""
-    kh, kw = _pair(k)
-    xp, win, tap = _windows(x, k, stride, pad, value=-np.inf)
-    first = win.reshape(*win.shape[:4], kh * kw).argmax(axis=-1)
-    dxp = np.zeros_like(xp)
-    for i in range(kh):
-        for j in range(kw):
-            dxp[tap(i, j)] += np.where(first == i * kw + j, dy, 0.0)
-    return _unpad(dxp, pad, x.shape)
-
-
-def _ref_avg_pool(x, k, stride, pad, count_include_pad):
-    """(y, divisor): the divisor counts the padding too, or only the real inputs."""
-    _, win, _ = _windows(x, k, stride, pad)
-    if count_include_pad:
-        divisor = np.full(win.shape[2:4], float(np.prod(_pair(k))))
-    else:
-        divisor = _windows(np.ones((1, 1, *x.shape[2:])), k, stride, pad)[1].sum(axis=(4, 5))[0, 0]
-    return win.sum(axis=(4, 5)) / divisor, divisor
-
-
-def _ref_avg_pool_backward(dy, x, k, stride, pad, divisor):
-    kh, kw = _pair(k)
-    xp, _, tap = _windows(x, k, stride, pad)
-    dxp = np.zeros_like(xp)
-    for i in range(kh):
-        for j in range(kw):
-            dxp[tap(i, j)] += dy / divisor
-    return _unpad(dxp, pad, x.shape)
-
-
-def _ref_im2col(x, k, stride, pad, dilation):
-    """Rows (n, oh, ow), columns (c, i, j): the book's layout."""
-    _, win, _ = _windows(x, k, stride, pad, dilation)
-    N, C, oh, ow, kh, kw = win.shape
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(N * oh * ow, C * kh * kw)
-
-
-def _ref_col2im(col, shape, k, stride, pad, dilation):
-    kh, kw = _pair(k)
-    xp, win, tap = _windows(np.zeros(shape), k, stride, pad, dilation)
-    N, C, oh, ow = win.shape[:4]
-    cols = col.reshape(N, oh, ow, C, kh, kw).transpose(0, 3, 1, 2, 4, 5)
-    for i in range(kh):
-        for j in range(kw):
-            xp[tap(i, j)] += cols[..., i, j]
-    return _unpad(xp, pad, shape)

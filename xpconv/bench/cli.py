@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None, prog: str = "xpconv bench") -> int:
     opts = parse_args(args, prog)
     if opts.memory_probe:
         from .memory import memory_probe
-        emit(PROBE_MARK, memory_probe(*opts.memory_probe, opts.quick))
+        contender, case_id = opts.memory_probe
+        emit(PROBE_MARK, memory_probe(contender, case_id, opts.quick))
         return 0
     if opts.isolated:
         from .runner import isolated_run

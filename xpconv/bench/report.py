@@ -42,8 +42,9 @@ def launch_cells(result: CaseResult) -> list[str]:
         else:
             cells += [str(r.ops), str(r.syncs)]
     x, t = result.launches.get("xpconv:torch"), result.launches.get("torch")
-    ok = x is not None and t is not None and not x.error and not t.error and t.ops
-    return cells + [f"{x.ops / t.ops:.2f}x" if ok else "-"]
+    if x is None or t is None or x.error or t.error or not t.ops or x.ops is None:
+        return cells + ["-"]
+    return cells + [f"{x.ops / t.ops:.2f}x"]
 
 
 def _launch_errors(run: BenchmarkRun) -> list[str]:
@@ -163,7 +164,8 @@ def write_plot(run: BenchmarkRun, path: Path) -> Path | None:
         xs, ys, lo, hi = [], [], [], []
         for j, res in enumerate(cases):
             m = res.measurements.get(name)
-            if m is not None and m.ok:
+            if m is not None and m.ok and None not in (m.median_ms, m.min_ms, m.max_ms):
+                assert m.median_ms is not None and m.min_ms is not None and m.max_ms is not None
                 xs.append(j + (i - (len(names) - 1) / 2) * width)
                 ys.append(m.median_ms)
                 lo.append(m.median_ms - m.min_ms)

@@ -103,7 +103,7 @@ class Ceiling:
     def from_runs(cls, first: Measurement, last: Measurement | None) -> "Ceiling":
         runs = [first, last if last is not None else Measurement.failed("not measured")]
         timed = [r for r in runs if r.gflops is not None]
-        return cls(max(timed, key=lambda r: r.gflops) if timed else first, runs)
+        return cls(max(timed, key=lambda r: r.gflops or 0.0) if timed else first, runs)
 
     @property
     def gflops(self) -> float | None:

@@ -99,7 +99,7 @@ def case_result(case: Case, timed: dict[str, Measurement], ceilings: dict) -> Ca
     """Add GFLOP/s (or GB/s) at the median and % of the contender's ceiling."""
     flops, nbytes = case.flops(), case.bytes_moved()
     for name, m in timed.items():
-        if not m.ok:
+        if not m.ok or m.median_ms is None:
             continue
         seconds = m.median_ms * 1e-3
         if flops:

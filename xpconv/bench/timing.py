@@ -26,7 +26,7 @@ GEMM_MIN_REPEAT = 5
 DEFAULT_GAP = 0.15  # > OpenBLAS's default thread spin time (2**28 cycles)
 SETTLE_BELOW_S = 0.25  # calls shorter than this get one untimed call after the gap
 
-Timed = tuple[Callable[[], Any], Callable[[Any], None]]  # (call, sync)
+Timed = tuple[Callable[[], Any], Callable[..., None]]  # (call, sync(out=None))
 
 
 def timed_call(fn: Callable[[], Any], sync: Callable[[Any], None]) -> float:
@@ -111,7 +111,7 @@ def measure_ceilings(contenders: list, repeat: int, warmup: int, gap: float = 0.
             info[c.name] = Measurement.failed(error_text(exc), n=n)
     for name, m in time_round_robin(fns, max(repeat, GEMM_MIN_REPEAT), max(warmup, 2), gap).items():
         m.n = info[name].n
-        if m.ok:
+        if m.ok and m.n is not None and m.median_ms is not None:
             m.gflops = 2.0 * m.n ** 3 / (m.median_ms * 1e-3) / 1e9
         info[name] = m
     return info

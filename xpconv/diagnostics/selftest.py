@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
+from typing import Any
 
 import numpy as np
 from array_api_compat import array_namespace, device as array_device
@@ -279,7 +280,7 @@ def _col_checks(c: _Checker):
 
 # ============================================================================ network checks
 
-NET = dict(input_dim=(1, 10, 10), conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
+NET: dict[str, Any] = dict(input_dim=(1, 10, 10), conv_param={"filter_num": 4, "filter_size": 3, "pad": 1, "stride": 1},
            hidden_size=8, output_size=5)
 
 
@@ -287,7 +288,7 @@ def _network_checks(c: _Checker, seed):
     from ..models import SimpleConvNet
     from ..optimizers import SGD
     x, t = c.host(6, *NET["input_dim"]), c.rng.integers(0, NET["output_size"], 6)
-    state = {}
+    state: dict = {}
 
     def networks():
         net = SimpleConvNet(**NET, weight_init_std=0.3, device=c.dev, dtype=c.dtype, seed=seed)
@@ -353,7 +354,7 @@ def _environment(dev: Device) -> dict:
             props = cupy.cuda.runtime.getDeviceProperties(dev.native.id)
             env["device_name"] = props["name"].decode()
             env["cuda_runtime"] = cupy.cuda.runtime.runtimeGetVersion()
-        elif dev.library == "torch" and dev.native.type == "cuda":
+        elif dev.library == "torch" and dev.native.type == "cuda" and module is not None:
             env["device_name"] = module.cuda.get_device_name(dev.native)
             env["cuda_runtime"] = module.version.cuda
         elif dev.library == "jax":

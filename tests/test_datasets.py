@@ -352,8 +352,11 @@ def test_npz_dataset_default_split(tmp_path):
     (xa, ta), (xb, tb) = load_npz_dataset(tmp_path / "d.npz")
     assert xa.shape == (8, 2, 3, 3) and xb.shape == (2, 2, 3, 3)
     assert xa.dtype == np.float32 and ta.dtype == np.int64
-    np.testing.assert_allclose(xa, x[:8] / 255.0, rtol=1e-6)
-    np.testing.assert_array_equal(tb, t[8:])
+    # a stratified draw: every sample lands in exactly one part, scaled by 1/255, label kept
+    both = np.concatenate([xa, xb]).reshape(10, -1)
+    order = np.argsort(both[:, 0])
+    np.testing.assert_allclose(both[order], x.reshape(10, -1) / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(np.concatenate([ta, tb])[order], t)
     (xa, _), (xb, _) = load_npz_dataset(tmp_path / "d.npz", normalize=False, val_fraction=0.5)
     assert len(xa) == 5 and len(xb) == 5 and xa.max() > 1
 
@@ -363,8 +366,11 @@ def test_npz_dataset_three_dim_input_flatten_one_hot(tmp_path):
     np.savez(tmp_path / "d.npz", x=x, t=np.array([0, 2, 1, 1, 0], dtype=np.uint8))
     (xa, ta), (xb, tb) = load_npz_dataset(tmp_path / "d.npz", flatten=False, one_hot_label=True)
     assert xa.shape == (4, 1, 4, 4) and xb.shape == (1, 1, 4, 4)
-    np.testing.assert_allclose(xa[:, 0], x[:4].astype(np.float32))
-    assert ta.shape == (4, 3) and ta.dtype == np.float32 and tb.tolist() == [[1, 0, 0]]
+    kept = [i for i in range(5) if not np.array_equal(x[i].astype(np.float32), xb[0, 0])]
+    order = np.argsort(xa[:, 0, 0, 0])              # the parts come shuffled
+    np.testing.assert_allclose(xa[order, 0], x[kept][np.argsort(x[kept][:, 0, 0])].astype(np.float32))
+    # only classes 0 and 1 have two samples; class 2 (one sample) stays in training
+    assert ta.shape == (4, 3) and ta.dtype == np.float32 and tb.tolist() in ([[1, 0, 0]], [[0, 1, 0]])
     (xa, _), _ = load_npz_dataset(tmp_path / "d.npz", flatten=True)
     assert xa.shape == (4, 16)
 
@@ -373,7 +379,8 @@ def test_npz_dataset_explicit_test_split(tmp_path):
     x = np.zeros((6, 1, 2, 2), np.uint8)
     np.savez(tmp_path / "d.npz", x=x, t=np.zeros(6, np.int64),
              x_test=np.full((3, 2, 2), 255, np.uint8), t_test=np.ones(3, np.int32))
-    (xa, ta), (xb, tb) = load_npz_dataset(tmp_path / "d.npz")
+    with pytest.warns(UserWarning, match=r"1 class\(es\) in the validation split never occur in training \(1\)"):
+        (xa, ta), (xb, tb) = load_npz_dataset(tmp_path / "d.npz")
     assert xa.shape == (6, 1, 2, 2) and xb.shape == (3, 1, 2, 2)
     assert xb.max() == 1.0 and tb.dtype == np.int64 and tb.tolist() == [1, 1, 1]
 
@@ -452,16 +459,16 @@ def test_load_dataset_npz_and_mnist_dispatch(tmp_path, monkeypatch):
     import xpconv.datasets.registry as registry
 
     calls = []
-    monkeypatch.setattr(registry, "load_mnist", lambda **kw: calls.append(kw) or "ok")
-    assert load_dataset("mnist", data_dir="somewhere") == "ok"
+    monkeypatch.setattr(registry, "load_mnist", lambda **kw: calls.append(kw) or ("ok", "ok"))
+    assert load_dataset("mnist", data_dir="somewhere") == ("ok", "ok")
     assert calls == [dict(normalize=True, flatten=False, one_hot_label=False, data_dir="somewhere",
                           progressbar=None)]
 
 
 def test_load_dataset_unknown_name():
     with pytest.raises(ValueError, match="mnist-bundled") as info:
-        load_dataset("cifar10")
-    assert "cifar10" in str(info.value)
+        load_dataset("cifar100")
+    assert "cifar100" in str(info.value) and "fashion-mnist" in str(info.value)
 
 
 # ------------------------------------------------- npz data sets: untrusted files
@@ -471,9 +478,10 @@ def test_npz_dataset_uint64_labels_cannot_wrap_negative(tmp_path):
     path = _write(tmp_path / "d.npz", x=np.zeros((3, 2, 2)), t=np.array([0, 1, 2**63], dtype=np.uint64))
     with pytest.raises(ValueError, match=r"'t'.*9223372036854775808"):
         load_npz_dataset(path)
-    path = _write(tmp_path / "ok.npz", x=np.zeros((3, 2, 2)), t=np.array([0, 1, 2**63 - 1], dtype=np.uint64))
-    (_, t), (_, tv) = load_npz_dataset(path, val_fraction=0.4)
-    assert t.tolist() == [0, 1] and tv.tolist() == [2**63 - 1]
+    big = 2**63 - 1
+    path = _write(tmp_path / "ok.npz", x=np.zeros((4, 2, 2)), t=np.array([0, 1, big, big], dtype=np.uint64))
+    (_, t), (_, tv) = load_npz_dataset(path, val_fraction=0.25)
+    assert sorted(t.tolist()) == [0, 1, big] and tv.tolist() == [big]
 
 
 def _npy_member(archive, name, descr, shape, chunks):
@@ -540,3 +548,45 @@ def test_npz_dataset_refuses_pickles_and_warns_on_nan(tmp_path):
     path = _write(tmp_path / "n.npz", x=x, t=np.zeros(4, int))
     with pytest.warns(RuntimeWarning, match="non-finite .* in x"):
         load_npz_dataset(path)
+
+
+# ------------------------------------------------- channels-last data (N, H, W, C)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_npz_channels_last_is_recognised_and_transposed(tmp_path, channels):
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 256, size=(10, 9, 8, channels), dtype=np.uint8)     # (N, H, W, C)
+    t = np.arange(10) % 2
+    path = _write(tmp_path / "hwc.npz", x=x, t=t, x_test=x[:4], t_test=t[:4])
+    with pytest.raises(ValueError, match=rf"look channels-last \(N, H, W, C\) = \(10, 9, 8, {channels}\).*"
+                                         r"channels_last=True \(xpconv train --channels-last\)"):
+        load_npz_dataset(path)
+    (xa, _), (xb, _) = load_npz_dataset(path, channels_last=True)
+    assert xa.shape == (10, channels, 9, 8) and xb.shape == (4, channels, 9, 8)
+    np.testing.assert_allclose(xa, x.transpose(0, 3, 1, 2) / 255.0, rtol=1e-6)
+    (xa, _), _ = load_npz_dataset(path, channels_last=False)              # taken as it is
+    assert xa.shape == (10, 9, 8, channels)
+
+
+def test_npz_channels_first_is_not_mistaken_for_channels_last(tmp_path):
+    for shape in [(6, 3, 32, 32), (6, 1, 28, 28), (6, 3, 4, 3), (6, 8, 8, 5)]:
+        path = _write(tmp_path / "chw.npz", x=np.zeros(shape, np.uint8), t=np.arange(6) % 2)
+        (xa, _), _ = load_npz_dataset(path)
+        assert xa.shape[1:] == shape[1:]
+
+
+def test_train_cli_says_channels_last_and_transposes_with_the_flag(tmp_path, capsys):
+    from xpconv import cli
+
+    rng = np.random.default_rng(3)
+    t = np.arange(40) % 2
+    x = rng.integers(0, 40, size=(40, 12, 12, 1), dtype=np.uint8)
+    x[t == 1, 2:6] = 250
+    path = _write(tmp_path / "hwc.npz", x=x, t=t)
+    assert cli.main(["train", "--data", str(path), "--epochs", "1", "--quiet", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "look channels-last" in err and "--channels-last" in err
+    assert cli.main(["train", "--data", str(path), "--epochs", "1", "--quiet", "--device", "cpu",
+                     "--channels-last"]) == 0
+    assert "images (1, 12, 12)" in capsys.readouterr().out

@@ -62,17 +62,30 @@ class Device:
         """Put ``obj`` (host data or an array of this library) on this device.
 
         ``dtype`` may be a dtype of this namespace or a name such as ``"float32"``.
-        Arrays of another library are refused: convert them with :func:`to_numpy`.
         Host NumPy data of any layout and byte order is accepted (copied to native
         order and C layout where the library needs it); complex data is refused
         for a real ``dtype`` rather than losing its imaginary part.
+
+        An array of another library (a torch tensor for a NumPy device, a CuPy array
+        for torch on the same GPU, ...) is taken through DLPack (``from_dlpack``),
+        without a copy when the memory can be shared (then writes to one show in the
+        other) and no ``dtype`` conversion is asked for. Memory is never moved between
+        devices implicitly: an array that this library cannot read where it lies (a GPU
+        array for NumPy), or that lands elsewhere than this device, is refused.
+
+        Raises:
+            TypeError: the array cannot be shared through DLPack (its device, a torch
+                tensor that requires grad, ...); the message says how to move it.
+            ValueError: shared, it would sit on another device than this one.
         """
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
         if _is_foreign_array(obj, self.library):
-            raise TypeError(
-                f"{self}.asarray: got a {type(obj).__module__}.{type(obj).__name__}; "
-                f"move it to the host first with xpconv.to_numpy(x)")
+            obj = self._from_dlpack(obj)
+            if (dtype is not None and self.xp.isdtype(obj.dtype, "complex floating")
+                    and not self.xp.isdtype(dtype, "complex floating")):
+                raise TypeError(f"{self}.asarray: got complex data ({obj.dtype}) for the real dtype "
+                                f"{dtype}, which would drop the imaginary part; pass x.real or abs(x)")
         if isinstance(obj, (numpy.ndarray, numpy.generic)):
             if (obj.dtype.kind == "c" and dtype is not None
                     and not self.xp.isdtype(dtype, "complex floating")):
@@ -86,6 +99,26 @@ class Device:
             if self.library == "cupy":  # CuPy allocates on the current GPU (the scope)
                 return self.xp.asarray(obj, dtype=dtype)
             return self.xp.asarray(obj, dtype=dtype, device=self.native)
+
+    def _from_dlpack(self, obj):
+        """``obj`` of another library as an array of this one, sharing memory through DLPack."""
+        what = f"a {type(obj).__module__}.{type(obj).__name__}"
+        try:
+            where = f" on {_backend_of(obj).spec_of(array_api_compat.device(obj))}"
+        except Exception:  # noqa: BLE001 -- only for the message
+            where = ""
+        how = ("move it first: to this device with its own library (e.g. torch's x.to(...), "
+               "jax.device_put), or through the host with xpconv.to_numpy(x)")
+        try:
+            with self.scope():
+                out = _BACKENDS[self.library].from_dlpack(self.xp, obj, self.native)
+        except Exception as exc:  # noqa: BLE001 -- BufferError, RuntimeError, ... differ per library
+            why = (str(exc).splitlines() or [type(exc).__name__])[0]
+            raise TypeError(f"{self}.asarray: cannot share {what}{where} through DLPack ({why}); {how}") from None
+        if array_api_compat.device(out) != self.native:
+            raise ValueError(f"{self}.asarray: {what}{where} is not on {self}: DLPack shares memory in place "
+                             f"and never moves it between devices; {how}")
+        return out
 
     def zeros(self, shape, dtype="float32"):
         """A new array of zeros on this device; ``dtype`` a name or a dtype of this namespace."""

@@ -23,9 +23,15 @@ def add_parser(sub) -> None:
                    help=f"one of {', '.join(OPTIMIZERS)} (default: Adam)")
     t.add_argument("--lr", type=float, default=0.001, help="learning rate (default: 0.001)")
     t.add_argument("--data", default=None,
-                   help="mnist, mnist-bundled or PATH.npz (x: (N, C, H, W), t: (N,)); "
+                   help="mnist, mnist-bundled, fashion-mnist, cifar10, PATH.npz (x: (N, C, H, W), "
+                        "t: (N,)) or DIR (one subfolder of images per class); "
                         "default: mnist, falling back to mnist-bundled offline")
     t.add_argument("--seed", type=int, default=0, help="seed for weights and shuffling (default: 0)")
+    t.add_argument("--val-fraction", type=float, default=0.2, metavar="F",
+                   help="for data without its own test split (an .npz with only x and t, a folder): "
+                        "the share drawn per class, seeded, for validation (default: 0.2)")
+    t.add_argument("--channels-last", action="store_true",
+                   help="the .npz images are (N, H, W, C): transpose them to (N, C, H, W)")
     t.add_argument("--limit", type=positive_int, default=None, metavar="N",
                    help="use only the first N training and test images (quick trials)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
@@ -62,7 +68,7 @@ def run(args) -> int:
     if root:   # rank 0 loads (and downloads) first; the others then load what it chose
         try:
             (x_train, t_train), (x_test, t_test) = load_dataset(
-                name, progressbar=False if args.quiet else None)
+                name, progressbar=False if args.quiet else None, **_split_args(args))
         except DatasetUnavailableError as exc:
             if args.data is not None:   # one line; the full message lists every mirror's error
                 raise DatasetUnavailableError(f"{str(exc).splitlines()[0]}; --data mnist-bundled works "
@@ -75,7 +81,7 @@ def run(args) -> int:
     if comm is not None:
         name = comm.broadcast_object(name)
         if not root:
-            (x_train, t_train), (x_test, t_test) = load_dataset(name)
+            (x_train, t_train), (x_test, t_test) = load_dataset(name, **_split_args(args))
     if args.limit:
         x_train, t_train, x_test, t_test = (a[:args.limit] for a in (x_train, t_train, x_test, t_test))
     classes = _class_count(name, t_train, t_test)
@@ -113,6 +119,11 @@ def run(args) -> int:
 
 def _silent(*args, **kwargs) -> None:
     pass
+
+
+def _split_args(args) -> dict:
+    """--val-fraction and --channels-last as load_dataset keywords (the same on every rank)."""
+    return dict(val_fraction=args.val_fraction, channels_last=True if args.channels_last else None)
 
 
 def _class_count(name, t_train, t_test) -> int:

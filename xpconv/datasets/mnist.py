@@ -80,8 +80,14 @@ def default_cache_dir(data_dir: str | os.PathLike | None = None) -> Path:
     return Path(pooch.os_cache("xpconv"))
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def _split_hash(checksum: str) -> tuple[str, str]:
+    """``"md5:HEX"``, ``"sha256:HEX"`` or a bare SHA-256 ``"HEX"`` -> (algorithm, lower-case hex)."""
+    algorithm, _, hexdigest = checksum.rpartition(":")
+    return (algorithm or "sha256").lower(), hexdigest.lower()
+
+
+def _sha256_of(path: Path, algorithm: str = "sha256") -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -89,13 +95,14 @@ def _sha256_of(path: Path) -> str:
 
 
 def _verify(path: Path, sha256: str, size: int) -> str | None:
-    """Return None if ``path`` has ``size`` bytes and digest ``sha256``, else why not."""
+    """Return None if ``path`` has ``size`` bytes and the digest ``sha256`` (see :func:`fetch`), else why not."""
     got_size = path.stat().st_size
     if got_size != size:
         return f"expected {size} bytes; got {got_size}"
-    got_sha = _sha256_of(path)
-    if got_sha != sha256.lower():
-        return f"expected sha256 {sha256}; got {got_sha}"
+    algorithm, expected = _split_hash(sha256)
+    got_sha = _sha256_of(path, algorithm)
+    if got_sha != expected:
+        return f"expected {algorithm} {expected}; got {got_sha}"
     return None
 
 
@@ -115,6 +122,7 @@ def fetch(
     *,
     timeout: float = DOWNLOAD_TIMEOUT_S,
     progressbar: bool = False,
+    offline_hint: str = _OFFLINE_HINT,
 ) -> Path:
     """Get one verified file into ``cache_dir``, downloading it if needed.
 
@@ -128,7 +136,8 @@ def fetch(
     filename : str
         Name of the file in ``cache_dir``.
     sha256 : str
-        Expected SHA-256, 64 hex digits.
+        Expected SHA-256, 64 hex digits; or ``"md5:HEX"`` / ``"sha256:HEX"`` where
+        the publisher gives only an MD5 (the size is checked as well).
     size : int
         Expected size in bytes.
     urls : sequence of str
@@ -140,6 +149,8 @@ def fetch(
     progressbar : bool
         Show a tqdm progress bar (named after the file) while downloading.
         pooch's "Downloading data from ..." log lines are silenced either way.
+    offline_hint : str
+        Last line of the error message: what works without a network.
 
     Returns
     -------
@@ -171,7 +182,8 @@ def fetch(
             try:
                 bar = _LazyBar(filename) if progressbar and _have_tqdm() else False
                 downloader = pooch.HTTPDownloader(progressbar=bar, timeout=timeout)
-                pooch.retrieve(url, known_hash=f"sha256:{sha256}", fname=filename, path=cache_dir,
+                algorithm, hexdigest = _split_hash(sha256)
+                pooch.retrieve(url, known_hash=f"{algorithm}:{hexdigest}", fname=filename, path=cache_dir,
                                downloader=downloader)
                 problem = _verify(target, sha256, size)
                 if problem is not None:
@@ -188,7 +200,7 @@ def fetch(
     raise DatasetUnavailableError(
         f"fetch: could not get {filename!r} from any of {mirrors}: {kinds}\n"
         + "".join(f"  tried {e}\n" for e in errors)
-        + f"  cache folder: {cache_dir}\n  {_OFFLINE_HINT}."
+        + f"  cache folder: {cache_dir}\n  {offline_hint}."
     )
 
 

@@ -3,10 +3,12 @@
 Expected content (read without unpickling; object arrays and pickle files are refused):
 
 * ``x``: images, (N, C, H, W) or (N, H, W) (a channel axis C=1 is added);
-  any bool, integer or floating dtype.
+  any bool, integer or floating dtype. Channels-last (N, H, W, C) data is refused
+  with a clear error unless ``channels_last=True`` (see :mod:`.layout`).
 * ``t``: integer class labels 0..K-1, shape (N,).
 * optionally ``x_test`` and ``t_test`` (same layout): the validation split.
-  Without them the last ``val_fraction`` of the samples validate (no shuffle).
+  Without them a seeded, stratified ``val_fraction`` of the samples validates
+  (see :mod:`.split`).
 
 Other members are ignored and never decompressed. Names, dtypes and shapes are
 checked from the ``.npy`` headers before any data is read, and the data read is
@@ -20,8 +22,11 @@ import os
 import numpy as np
 
 from ..serialization import max_load_bytes, open_npz, warn_non_finite
+from .layout import as_nchw, finish, to_float
+from .result import DataSplits
+from .split import check_val_fraction, stratified_split, warn_unseen_classes
 
-__all__ = ["load_npz_dataset"]
+__all__ = ["load_npz_dataset", "load_npz_whole"]
 
 _WHO = "load_npz_dataset"
 
@@ -49,10 +54,6 @@ def _check_labels(npz, key: str, n: int, path: str) -> None:
         raise ValueError(f"{_WHO}: {path}: expected one label per image: {n} images but {h.shape[0]} labels in {key!r}")
 
 
-def _images(x: np.ndarray) -> np.ndarray:
-    return x[:, None, :, :] if x.ndim == 3 else x
-
-
 def _labels(t: np.ndarray, key: str, path: str) -> np.ndarray:
     """Labels 0..2**63-1 as int64 (range checked before the cast, so uint64 cannot wrap)."""
     if t.size and t.min() < 0:
@@ -62,40 +63,8 @@ def _labels(t: np.ndarray, key: str, path: str) -> np.ndarray:
     return t.astype(np.int64)
 
 
-def _to_float(x: np.ndarray, normalize: bool | None) -> np.ndarray:
-    if x.dtype == np.uint8 and normalize in (None, True):
-        return x.astype(np.float32) / np.float32(255.0)
-    return x.astype(np.float32)
-
-
-def load_npz_dataset(path, normalize=None, flatten=False, one_hot_label=False, val_fraction=0.2, *,
-                     max_bytes=None):
-    """Load an image-classification data set from an ``.npz`` file.
-
-    Args:
-        path: the ``.npz`` file (see the module docstring for its keys).
-        normalize: None or True: uint8 images are scaled by 1/255 to [0, 1]; other
-            dtypes are converted to float32 unchanged. False: no scaling.
-        flatten: if True, x is (N, C*H*W); else (N, C, H, W).
-        one_hot_label: if True, t is one-hot float32 (N, K) with K = 1 + the
-            largest label of both splits; else int64 (N,).
-        val_fraction: fraction in (0, 1) of the samples (the last ones) used for
-            validation when the file has no ``x_test``/``t_test``.
-        max_bytes: cap on the array data read from the file (and on a one-hot
-            array); default ``XPCONV_MAX_LOAD_MB`` MiB if set, else 4 GiB. Raise
-            it for a larger data set you trust.
-
-    Returns:
-        ``((x_train, t_train), (x_test, t_test))``: x float32; the "test" slot is
-        the validation split.
-
-    Raises:
-        ValueError: unreadable, corrupt or pickle file; object arrays; missing keys
-            (the message lists the keys present); wrong shapes; label count
-            mismatch; labels out of range; too few samples to split; more data
-            than ``max_bytes``.
-        TypeError: non-integer labels or non-numeric images.
-    """
+def _read(path, channels_last, max_bytes):
+    """(x, t, x_test or None, t_test or None, budget): images (N, C, H, W), labels int64."""
     path = os.fspath(path)
     budget = max_load_bytes(max_bytes, who=_WHO)
     with open_npz(path, who=_WHO, max_bytes=budget) as npz:
@@ -117,33 +86,79 @@ def load_npz_dataset(path, normalize=None, flatten=False, one_hot_label=False, v
         arrays = {k: npz.read(k) for k in keys}
     warn_non_finite(arrays, who=_WHO, path=path)
 
-    x = _images(arrays["x"])
+    x = as_nchw(arrays["x"], channels_last=channels_last, who=_WHO, source=f"{path}: 'x'")
     t = _labels(arrays["t"], "t", path)
+    x_val = t_val = None
     if all(has_test):
-        x_val = _images(arrays["x_test"])
+        x_val = as_nchw(arrays["x_test"], channels_last=channels_last, who=_WHO, source=f"{path}: 'x_test'")
         t_val = _labels(arrays["t_test"], "t_test", path)
         if x_val.shape[1:] != x.shape[1:]:
             raise ValueError(
                 f"{_WHO}: {path}: 'x_test' samples have shape {x_val.shape[1:]}; 'x' samples have {x.shape[1:]}"
             )
-    else:
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"{_WHO}: expected 0 < val_fraction < 1; got {val_fraction}")
-        n_val = min(max(int(round(len(x) * val_fraction)), 1), len(x) - 1)
-        if n_val < 1:
-            raise ValueError(f"{_WHO}: {path}: expected at least 2 samples to split; got {len(x)}")
-        n_train = len(x) - n_val
-        x, x_val = x[:n_train], x[n_train:]
-        t, t_val = t[:n_train], t[n_train:]
+    return x, t, x_val, t_val, budget
 
-    x, x_val = _to_float(x, normalize), _to_float(x_val, normalize)
-    if flatten:
-        x, x_val = x.reshape(len(x), -1), x_val.reshape(len(x_val), -1)
-    if one_hot_label:
-        k = 1 + max(int(t.max(initial=-1)), int(t_val.max(initial=-1)))
-        if (len(t) + len(t_val)) * k * 4 > budget:
-            raise ValueError(f"{_WHO}: {path}: one-hot labels for {k} classes would take "
-                             f"{(len(t) + len(t_val)) * k * 4} bytes, more than max_bytes={budget}; "
-                             "are the labels class indices 0..K-1?")
-        t, t_val = (np.eye(k, dtype=np.float32)[labels] for labels in (t, t_val))
-    return (x, t), (x_val, t_val)
+
+def load_npz_dataset(path, normalize=None, flatten=False, one_hot_label=False, val_fraction=0.2, *,
+                     max_bytes=None, seed=0, channels_last=None) -> DataSplits:
+    """Load an image-classification data set from an ``.npz`` file.
+
+    Args:
+        path: the ``.npz`` file (see the module docstring for its keys).
+        normalize: None or True: uint8 images are scaled by 1/255 to [0, 1]; other
+            dtypes are converted to float32 unchanged. False: no scaling.
+        flatten: if True, x is (N, C*H*W); else (N, C, H, W).
+        one_hot_label: if True, t is one-hot float32 (N, K) with K = 1 + the
+            largest label of both splits; else int64 (N,).
+        val_fraction: fraction in (0, 1) of the samples used for validation when
+            the file has no ``x_test``/``t_test``: a stratified draw (see
+            :func:`~xpconv.datasets.split.stratified_split`).
+        max_bytes: cap on the array data read from the file (and on a one-hot
+            array); default ``XPCONV_MAX_LOAD_MB`` MiB if set, else 4 GiB. Raise
+            it for a larger data set you trust.
+        seed: seed of the validation draw (not used with ``x_test``/``t_test``).
+        channels_last: None: refuse images that look (N, H, W, C); True: transpose
+            them to (N, C, H, W); False: take 4-d images as (N, C, H, W).
+
+    Returns:
+        ``((x_train, t_train), (x_test, t_test))`` (a :class:`DataSplits`, whose
+        ``classes`` is None): x float32; the "test" slot is the validation split.
+
+    Warns:
+        UserWarning: a class occurs in the validation split but not in training.
+
+    Raises:
+        ValueError: unreadable, corrupt or pickle file; object arrays; missing keys
+            (the message lists the keys present); wrong shapes; label count
+            mismatch; labels out of range; too few samples to split; more data
+            than ``max_bytes``; channels-last images (``channels_last=None``).
+        TypeError: non-integer labels or non-numeric images.
+    """
+    path = os.fspath(path)
+    x, t, x_val, t_val, budget = _read(path, channels_last, max_bytes)
+    if x_val is None:
+        check_val_fraction(val_fraction, who=_WHO)
+        if len(x) < 2:
+            raise ValueError(f"{_WHO}: {path}: expected at least 2 samples to split; got {len(x)}")
+        train_idx, val_idx = stratified_split(t, val_fraction, seed=seed, who=f"{_WHO}: {path}")
+        x, x_val, t, t_val = x[train_idx], x[val_idx], t[train_idx], t[val_idx]
+    warn_unseen_classes(t, t_val, who=_WHO, source=path)
+    train, val = finish((x, t), (x_val, t_val), normalize=normalize, flatten=flatten,
+                        one_hot_label=one_hot_label, budget=budget, who=_WHO, source=path)
+    return DataSplits(train, val, source=path)
+
+
+def load_npz_whole(path, normalize=None, *, channels_last=None, max_bytes=None) -> tuple[np.ndarray, np.ndarray]:
+    """The images to evaluate on: ``x_test``/``t_test`` if the file has them, else all of ``x``, ``t``.
+
+    Args:
+        path, normalize, channels_last, max_bytes: as in :func:`load_npz_dataset`.
+
+    Returns:
+        ``(x, t)``: x float32 (N, C, H, W), t int64 (N,).
+    """
+    path = os.fspath(path)
+    x, t, x_val, t_val, _ = _read(path, channels_last, max_bytes)
+    if x_val is not None:
+        x, t = x_val, t_val
+    return to_float(x, normalize), t

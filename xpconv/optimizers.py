@@ -73,6 +73,41 @@ class Optimizer:
                 with device_scope(group.buffer):
                     self._step_flat(group, grads)
 
+    def state_dict(self) -> tuple[dict, dict]:
+        """The optimizer's state as ``(settings, arrays)``: settings are the host numbers
+        (``lr``, ``momentum``, Adam's step count ``iter``, ...), arrays are host copies of
+        the per-parameter state, named ``"<state>/<param>"`` (``"m/W1"``, ``"v/W1"``).
+
+        :meth:`load_state_dict` of the same class restores it exactly (bit for bit), so a
+        resumed training run takes the very steps of an uninterrupted one.
+        """
+        settings = {k: v for k, v in vars(self).items()
+                    if not k.startswith("_") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        arrays = {f"{name}/{key}": to_numpy(a).copy()
+                  for name in self._state for key, a in getattr(self, name).items()}
+        return settings, arrays
+
+    def load_state_dict(self, settings: dict, arrays: dict) -> None:
+        """Restore a :meth:`state_dict`; the arrays move to each parameter's device at the
+        next ``update`` (host arrays are taken as they are until then)."""
+        who = f"{type(self).__name__}.load_state_dict"
+        unknown = [k for k in settings if not hasattr(self, k) or k.startswith("_")]
+        if unknown:
+            raise ValueError(f"{who}: unknown settings {unknown} for {type(self).__name__}")
+        for k, v in settings.items():
+            setattr(self, k, type(getattr(self, k))(v))
+        for name in self._state:
+            getattr(self, name).clear()
+        self._flat_state.clear()
+        for full, a in arrays.items():
+            name, _, key = full.partition("/")
+            if name not in self._state or not key:
+                raise ValueError(f"{who}: unknown state array {full!r}; {type(self).__name__} keeps "
+                                 f"{', '.join(self._state) or 'no arrays'}")
+            getattr(self, name)[key] = a
+        if hasattr(self, "_stacked"):
+            self._stacked.clear()
+
     def _begin(self) -> None:
         """Host-side work once per ``update`` (Adam: the step count and bias correction)."""
 

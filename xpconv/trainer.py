@@ -1,28 +1,61 @@
-"""Training loop: the book's ``common/trainer.py`` interface, on any device.
+"""Training loop: the book's ``common/trainer.py`` interface, on any device, durable.
 
 A training step never waits for the device: losses stay where they are computed and
 are read back together every ``check_every`` steps and at the end of each epoch,
 which is also when divergence is checked.
+
+With ``checkpoint=DIR`` the run survives interruption: a checkpoint
+(:mod:`xpconv.checkpoint`) is written every ``checkpoint_every`` steps and at every
+epoch end, SIGTERM and SIGINT write one at the next step boundary and stop, and the
+same ``Trainer`` started again on the same DIR continues where the checkpoint was
+taken, ending with parameters equal bit for bit to an uninterrupted run's.
 """
 from __future__ import annotations
 
+import csv
+import hashlib
 import math
+import signal
 import sys
+import threading
 import time
 import warnings
+from pathlib import Path
 
+import numpy
 from array_api_compat import array_namespace, is_array_api_obj
 
+from . import checkpoint as ckpt
 from ._kernels.checks import check_labels
 from .devices import device as resolve_device, device_scope, dtype_name, from_host, host_rng, \
     is_host_numpy, to_numpy
 from .optimizers import get_optimizer
 
-__all__ = ["Trainer", "TrainingDiverged"]
+__all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted"]
+
+HISTORY_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds",
+                   "samples_per_s")
 
 
 class TrainingDiverged(FloatingPointError):
     """The training loss (or the network's output) became NaN or infinite."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGTERM or SIGINT stopped training at a step boundary, after a checkpoint was written.
+
+    Attributes:
+        signum: the signal (``signal.SIGTERM`` or ``signal.SIGINT``).
+        path: the checkpoint written, or None without ``checkpoint=``.
+        exit_code: ``128 + signum`` (143 for SIGTERM, 130 for SIGINT), what a shell expects.
+    """
+
+    def __init__(self, signum: int, path: "Path | None", where: str):
+        self.signum, self.path, self.exit_code = signum, path, 128 + signum
+        name = signal.Signals(signum).name
+        saved = (f"checkpoint written to {path} ({where}); run the same command again to resume"
+                 if path is not None else f"stopped {where}; no checkpoint (use checkpoint=DIR)")
+        super().__init__(f"interrupted by {name}: {saved}")
 
 
 class Trainer:
@@ -36,7 +69,8 @@ class Trainer:
             parameters' dtype; otherwise the data is used as given.
         x_train, t_train, x_test, t_test: arrays (host NumPy, or already on the
             network's device). Labels follow one rule: integer labels (N,) or (N, 1) in
-            0..K-1, or (N, K) one-hot targets; they are checked once, here.
+            0..K-1, or (N, K) one-hot targets; they are checked once, here. ``x_test``
+            and ``t_test`` may be None (no validation).
         epochs: passes over the training set; each epoch visits every sample once in
             a fresh random order (the book samples with replacement instead).
         mini_batch_size: samples per step; the last, smaller batch of an epoch is kept.
@@ -55,21 +89,38 @@ class Trainer:
             the gradients are summed over the ranks before each step, rank 0's
             parameters and shuffling state are broadcast when ``train()`` starts, and
             accuracies count every rank's samples; only rank 0 prints.
+        checkpoint: a folder for checkpoints (created if missing), or None. When it
+            holds a checkpoint of this run, ``train()`` resumes from it; a checkpoint
+            of another run is refused (ValueError naming what differs).
+        checkpoint_every: also write a checkpoint every this many optimizer steps
+            (None: only at epoch ends and on SIGTERM/SIGINT).
+        restart: ignore (and replace) a checkpoint in ``checkpoint``.
+        log: also write the per-epoch history to this ``.csv`` or ``.jsonl`` file.
+        callbacks: objects with any of ``on_step_end(trainer, step)`` and
+            ``on_epoch_end(trainer, record)`` (``record``: the epoch's history row).
 
-    After ``train()``: ``train_loss_list`` (every step), ``train_acc_list``,
-    ``test_acc_list`` and ``epoch_seconds`` (one per epoch), ``test_acc`` (final, on
-    the whole test set).
+    After ``train()``: ``history`` (one dict per epoch: ``epoch``, ``train_loss`` (the
+    epoch's mean), ``train_acc``, ``val_loss``, ``val_acc``, ``lr``, ``seconds``,
+    ``samples_per_s``), the book's ``train_loss_list`` (every step), ``train_acc_list``,
+    ``test_acc_list``, and ``epoch_seconds`` (one per epoch), ``test_acc`` (final, on
+    the whole test set; None without one).
 
     Raises:
         TrainingDiverged: a loss, or the network's output after the last step of an
             epoch, is NaN or infinite; raised before that epoch is evaluated, so
             ``train()`` never returns a broken model.
+        TrainingInterrupted: SIGTERM/SIGINT (with ``checkpoint``), after the checkpoint.
     """
 
-    def __init__(self, network, x_train, t_train, x_test, t_test, epochs=20, mini_batch_size=100,
-                 optimizer="SGD", optimizer_param={"lr": 0.01}, evaluate_sample_num_per_epoch=None,
-                 verbose=True, *, seed=None, check_every=50, comm=None):
-        sizes = [_length(a) for a in (x_train, t_train, x_test, t_test)]
+    def __init__(self, network, x_train, t_train, x_test=None, t_test=None, epochs=20,
+                 mini_batch_size=100, optimizer="SGD", optimizer_param={"lr": 0.01},
+                 evaluate_sample_num_per_epoch=None, verbose=True, *, seed=None, check_every=50,
+                 comm=None, checkpoint=None, checkpoint_every=None, restart=False, log=None,
+                 callbacks=()):
+        if (x_test is None) != (t_test is None):
+            raise ValueError("Trainer: give both x_test and t_test, or neither")
+        sizes = [_length(a) for a in (x_train, t_train)]
+        sizes += [0, 0] if x_test is None else [_length(a) for a in (x_test, t_test)]
         if sizes[0] != sizes[1] or sizes[2] != sizes[3]:
             raise ValueError(f"Trainer: x and t must have the same length; got train {sizes[0]} vs "
                              f"{sizes[1]}, test {sizes[2]} vs {sizes[3]}")
@@ -79,66 +130,236 @@ class Trainer:
                    for v in (epochs, mini_batch_size, check_every)):
             raise ValueError(f"Trainer: expected epochs >= 1, mini_batch_size >= 1 and check_every >= 1 "
                              f"(ints); got {epochs!r}, {mini_batch_size!r}, {check_every!r}")
+        if checkpoint_every is not None and not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+            raise ValueError(f"Trainer: expected checkpoint_every >= 1 (an int) or None; got {checkpoint_every!r}")
         self.network = network
-        self.x_train, self.x_test = self._place(x_train), self._place(x_test)
+        self._data_digest = _digest(x_train, t_train, x_test, t_test) if checkpoint is not None else None
+        self.x_train = self._place(x_train)
+        self.x_test = None if x_test is None else self._place(x_test)
         k = self._classes()
         self.t_train = self._place_labels("t_train", t_train, k)
-        self.t_test = self._place_labels("t_test", t_test, k)
+        self.t_test = None if t_test is None else self._place_labels("t_test", t_test, k)
         self.epochs, self.batch_size, self.check_every = epochs, mini_batch_size, check_every
         self.optimizer = (get_optimizer(optimizer, **optimizer_param) if isinstance(optimizer, str)
                           else optimizer)
         self.evaluate_sample_num_per_epoch = evaluate_sample_num_per_epoch
         self.verbose = verbose
+        self.seed = seed
         self.rng = host_rng(seed)
         self.comm = comm
+        self.checkpoint = None if checkpoint is None else Path(checkpoint)
+        self.checkpoint_every, self.restart = checkpoint_every, restart
+        self.log = None if log is None else Path(log)
+        self.callbacks = list(callbacks)
+        self.history: list[dict] = []
         self.train_loss_list: list[float] = []
         self.train_acc_list: list[float] = []
-        self.test_acc_list: list[float] = []
+        self.test_acc_list: list[float | None] = []
         self.epoch_seconds: list[float] = []
         self.test_acc: float | None = None
+        self.resumed_from: tuple[int, int] | None = None   # (epoch, step in epoch) of a resume
         self._pending: list = []     # this epoch's losses not yet read back (device scalars)
+        self._stop_signal: int | None = None
+        self._epoch, self._step_in_epoch, self._global_step = 1, 0, 0
+        self._order = None           # the current epoch's permutation (host int64)
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.x_train.shape[0] / self.batch_size)
 
     def train(self):
-        """Run every epoch; returns self."""
+        """Run every epoch (from a checkpoint of this run, if ``checkpoint`` holds one);
+        returns self."""
         n = self.x_train.shape[0]
         self._distributed_start()
+        resume = self._load_checkpoint()
         verbose = self.verbose and self._is_root
-        bar = _progress(self.epochs * self.steps_per_epoch, verbose)
+        done = (self._epoch - 1) * self.steps_per_epoch + self._step_in_epoch
+        bar = _progress(self.epochs * self.steps_per_epoch, verbose, initial=done)
+        previous = self._install_signal_handlers()
         try:
-            for epoch in range(1, self.epochs + 1):
+            for epoch in range(self._epoch, self.epochs + 1):
                 start = time.perf_counter()
-                host_order = self.rng.permutation(n)
+                if resume is not None and resume.state["step_in_epoch"] > 0:
+                    host_order = numpy.asarray(resume.order, dtype=numpy.int64)
+                else:
+                    host_order = self.rng.permutation(n)
+                resume = None
+                self._epoch, self._order = epoch, host_order
                 order = from_host(host_order, self.x_train)              # one upload per epoch
-                for s in range(0, n, self.batch_size):
+                for s in range(self._step_in_epoch * self.batch_size, n, self.batch_size):
                     stop = min(s + self.batch_size, n)
                     if self.comm is None:
                         loss = self._step(_take(self.x_train, order[s:stop]), _take(self.t_train, order[s:stop]))
                     else:
                         loss = self._distributed_step(host_order[s:stop])
                     self._pending.append(loss)
+                    self._step_in_epoch += 1
+                    self._global_step += 1
                     bar.update(1)
                     if len(self._pending) == self.check_every:
                         self._read_losses(bar, epoch)
+                    for cb in self.callbacks:
+                        if hasattr(cb, "on_step_end"):
+                            cb.on_step_end(self, self._global_step)
+                    if stop < n and self._stop_signal is not None:
+                        self._read_losses(bar, epoch)
+                        where = f"epoch {epoch}, step {self._step_in_epoch} of {self.steps_per_epoch}"
+                        raise TrainingInterrupted(self._stop_signal, self._save_checkpoint(force=True), where)
+                    if (stop < n and self.checkpoint_every is not None
+                            and self._global_step % self.checkpoint_every == 0):
+                        self._read_losses(bar, epoch)
+                        self._save_checkpoint()
                 # every rank holds the same parameters and data: the same probe everywhere
                 self._read_losses(bar, epoch, last_batch=_take(self.x_train, order[s:stop]))
                 self.epoch_seconds.append(time.perf_counter() - start)
-                train_acc, test_acc = self._evaluate()
-                self.train_acc_list.append(train_acc)
-                self.test_acc_list.append(test_acc)
+                record = self._epoch_record(epoch, n)
+                self._epoch, self._step_in_epoch = epoch + 1, 0
+                for cb in self.callbacks:
+                    if hasattr(cb, "on_epoch_end"):
+                        cb.on_epoch_end(self, record)
+                self._save_checkpoint()
+                self._write_log()
                 if verbose:
-                    bar.write(f"epoch {epoch:>3}/{self.epochs}: loss {self.train_loss_list[-1]:.4f}  "
-                              f"train acc {train_acc:.4f}  test acc {test_acc:.4f}  "
-                              f"({self.epoch_seconds[-1]:.1f} s)")
+                    val = ("" if record["val_acc"] is None else
+                           f"  val loss {record['val_loss']:.4f}  val acc {record['val_acc']:.4f}")
+                    bar.write(f"epoch {epoch:>3}/{self.epochs}: loss {record['train_loss']:.4f}  "
+                              f"train acc {record['train_acc']:.4f}{val}  ({record['seconds']:.1f} s)")
+                if self._stop_signal is not None and epoch < self.epochs:
+                    raise TrainingInterrupted(self._stop_signal, self._last_path(), f"end of epoch {epoch}")
         finally:
+            self._restore_signal_handlers(previous)
             bar.close()
-        self.test_acc = self._correct(self.x_test, self.t_test) / self.x_test.shape[0]
-        if verbose:
-            print(f"=============== Final Test Accuracy ===============\ntest acc: {self.test_acc:.4f}")
+        if self.x_test is not None:
+            self.test_acc = self._correct(self.x_test, self.t_test) / self.x_test.shape[0]
+            if verbose:
+                print(f"=============== Final Test Accuracy ===============\ntest acc: {self.test_acc:.4f}")
         return self
+
+    # ------------------------------------------------------------------ the training record
+    def _epoch_record(self, epoch: int, n: int) -> dict:
+        """The history row of ``epoch`` (also appended to the book's lists)."""
+        spe = self.steps_per_epoch
+        losses = self.train_loss_list[(epoch - 1) * spe:epoch * spe]
+        sizes = [self.batch_size] * (spe - 1) + [n - (spe - 1) * self.batch_size]
+        train_loss = math.fsum(loss * size for loss, size in zip(losses, sizes, strict=True)) / n
+        train_acc, test_acc = self._evaluate()
+        val_loss = None if self.x_test is None else self._mean_loss(self.x_test, self.t_test)
+        seconds = self.epoch_seconds[-1]
+        lr = getattr(self.optimizer, "lr", None)
+        record = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+                  "val_acc": test_acc, "lr": lr, "seconds": seconds,
+                  "samples_per_s": n / seconds if seconds > 0 else None}
+        self.history.append(record)
+        self.train_acc_list.append(train_acc)
+        self.test_acc_list.append(test_acc)
+        return record
+
+    def _mean_loss(self, x, t, batch_size: int = 1000) -> float:
+        """Mean loss over (x, t) in inference mode, in batches read back with one transfer
+        (the same on every rank)."""
+        values, sizes = [], []
+        for s in range(0, x.shape[0], batch_size):
+            e = min(s + batch_size, x.shape[0])       # the Array API has no out-of-bounds slices
+            xb, tb = x[s:e, ...], t[s:e, ...]
+            try:
+                values.append(self.network.loss(xb, tb, train_flg=False))
+            except TypeError:                  # the book's networks: loss(x, t)
+                values.append(self.network.loss(xb, tb))
+            sizes.append(e - s)
+        return math.fsum(v * n for v, n in zip(_read_back(values), sizes, strict=True)) / x.shape[0]
+
+    def _write_log(self) -> None:
+        """The history so far to ``checkpoint/history.csv`` and ``log`` (rank 0 writes)."""
+        if not self._is_root:
+            return
+        targets = [p for p in (self.checkpoint and self.checkpoint / ckpt.HISTORY, self.log) if p]
+        for path in targets:
+            write_history(path, self.history)
+
+    # ------------------------------------------------------------------ checkpoints
+    def _run_description(self) -> dict:
+        """What identifies this run: a checkpoint of another run is refused."""
+        params = self.network.params
+        opt_settings, _ = _optimizer_state(self.optimizer)
+        opt_settings = {k: v for k, v in opt_settings.items() if k != "iter"}
+        return {"model": type(self.network).__name__,
+                "parameters": {k: [list(map(int, params[k].shape)), dtype_name(params[k])] for k in params},
+                "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt_settings,
+                "batch_size": self.batch_size, "seed": self.seed, "data": self._data_digest}
+
+    def _last_path(self) -> "Path | None":
+        return None if self.checkpoint is None else ckpt.last_path(self.checkpoint)
+
+    def _save_checkpoint(self, force: bool = False) -> "Path | None":
+        """Write ``last.npz`` (rank 0, or any rank when ``force``: every rank holds the same
+        state, and a signalled rank must not wait for rank 0). Returns its path."""
+        path = self._last_path()
+        if path is None or not (self._is_root or force):
+            return path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        settings, opt_arrays = _optimizer_state(self.optimizer)
+        state = {"epoch": self._epoch, "step_in_epoch": self._step_in_epoch,
+                 "global_step": self._global_step, "shuffle_rng": self.rng.bit_generator.state,
+                 "dropout_rngs": _layer_rngs(self.network), "optimizer_settings": settings,
+                 "history": self.history, "train_loss_list": self.train_loss_list,
+                 "epoch_seconds": self.epoch_seconds}
+        ckpt.write(path, ckpt.Checkpoint(self._run_description(), state, _model_arrays(self.network),
+                                         opt_arrays, self._order if self._order is not None else numpy.zeros(0)))
+        return path
+
+    def _load_checkpoint(self) -> "ckpt.Checkpoint | None":
+        """Restore the state of ``checkpoint/last.npz`` if there is one (and not ``restart``)."""
+        path = self._last_path()
+        if path is None or self.restart or not path.exists():
+            return None
+        try:
+            saved = ckpt.read(path)
+        except ValueError as exc:
+            raise ValueError(f"Trainer: cannot resume from {path}: {exc}; the file is kept; "
+                             f"restart=True (xpconv train --restart) starts over") from None
+        differs = ckpt.differences(saved.run, self._run_description())
+        if differs:
+            raise ValueError(f"Trainer: {path} is a checkpoint of another run ({'; '.join(differs)}); "
+                             f"use another checkpoint folder, or restart=True (--restart) to replace it")
+        state = saved.state
+        if state["epoch"] > self.epochs + (state["step_in_epoch"] == 0):
+            raise ValueError(f"Trainer: {path} is at epoch {state['epoch']}, past epochs={self.epochs}")
+        _restore_model(self.network, saved.model)
+        self.optimizer.load_state_dict(state["optimizer_settings"], saved.optimizer)
+        self.rng.bit_generator.state = state["shuffle_rng"]
+        _restore_layer_rngs(self.network, state["dropout_rngs"])
+        self.history = state["history"]
+        self.train_loss_list = state["train_loss_list"]
+        self.epoch_seconds = state["epoch_seconds"]
+        self.train_acc_list = [r["train_acc"] for r in self.history]
+        self.test_acc_list = [r["val_acc"] for r in self.history]
+        self._epoch, self._step_in_epoch = state["epoch"], state["step_in_epoch"]
+        self._global_step = state["global_step"]
+        self.resumed_from = (self._epoch, self._step_in_epoch)
+        if self.verbose and self._is_root:
+            print(f"Trainer: resuming from {path} at epoch {self._epoch}, step {self._step_in_epoch} "
+                  f"of {self.steps_per_epoch}", file=sys.stderr)
+        return saved
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self):
+        """SIGTERM/SIGINT: stop at the next step boundary with a checkpoint (a second SIGINT
+        stops at once). Only with ``checkpoint``, and only on the main thread."""
+        if self.checkpoint is None or threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._stop_signal is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop_signal = signum
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous) -> None:
+        for s, h in (previous or {}).items():
+            signal.signal(s, h)
 
     # ------------------------------------------------------------------ steps and evaluation
     def _step(self, x, t):
@@ -148,15 +369,20 @@ class Trainer:
         loss = getattr(getattr(self.network, "last_layer", None), "loss", None)
         return self.network.loss(x, t) if loss is None or callable(loss) else loss
 
-    def _evaluate(self) -> tuple[float, float]:
-        """(train, test) accuracy of this epoch, on ``evaluate_sample_num_per_epoch`` samples."""
+    def _evaluate(self) -> tuple[float, float | None]:
+        """(train, test) accuracy of this epoch, on ``evaluate_sample_num_per_epoch`` samples
+        (test: None without a test set)."""
         k = self.evaluate_sample_num_per_epoch
         xs, ts = self.x_train, self.t_train
         xt, tt = self.x_test, self.t_test
         if k is not None:
-            k1, k2 = min(k, xs.shape[0]), min(k, xt.shape[0])
-            xs, ts, xt, tt = xs[:k1, ...], ts[:k1, ...], xt[:k2, ...], tt[:k2, ...]
-        return self._correct(xs, ts) / xs.shape[0], self._correct(xt, tt) / xt.shape[0]
+            k1 = min(k, xs.shape[0])
+            xs, ts = xs[:k1, ...], ts[:k1, ...]
+            if xt is not None:
+                k2 = min(k, xt.shape[0])
+                xt, tt = xt[:k2, ...], tt[:k2, ...]
+        train = self._correct(xs, ts) / xs.shape[0]
+        return train, None if xt is None else self._correct(xt, tt) / xt.shape[0]
 
     def _correct(self, x, t) -> int:
         """Number of correct predictions on (x, t), from the network's ``accuracy``; with
@@ -283,14 +509,14 @@ def _read_back(values) -> list[float]:
     return [float(v) for v in values]
 
 
-def _progress(total: int, enabled: bool):
+def _progress(total: int, enabled: bool, initial: int = 0):
     """A tqdm bar, or a silent stand-in with the same methods (also when stderr is not a
     terminal, e.g. a log file, which would collect every redraw; notebooks keep their bar)."""
     if enabled:
         from tqdm.auto import tqdm
         in_notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
         if in_notebook or sys.stderr.isatty():
-            return tqdm(total=total, unit="step", dynamic_ncols=True, leave=False)
+            return tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, leave=False)
 
     class _Silent:
         def update(self, n):
@@ -306,3 +532,80 @@ def _progress(total: int, enabled: bool):
             pass
 
     return _Silent()
+
+
+# ---------------------------------------------------------------------------- state helpers
+
+def write_history(path, history: list[dict]) -> None:
+    """The per-epoch history as ``.csv`` (one row per epoch, empty cells for None) or
+    ``.jsonl`` (one JSON object per line), by the suffix; written atomically."""
+    import io
+    import json
+
+    from .serialization.atomic import atomic_write
+    path = Path(path)
+    text = io.StringIO()
+    if path.suffix == ".jsonl":
+        text.writelines(json.dumps(row) + "\n" for row in history)
+    else:
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(HISTORY_COLUMNS)
+        writer.writerows([["" if row.get(c) is None else row[c] for c in HISTORY_COLUMNS] for row in history])
+    data = text.getvalue().encode()
+    with atomic_write(path) as f:
+        f.write(data)
+
+
+def _digest(*arrays) -> str:
+    """A short digest of the data (shapes, dtypes and bytes): a checkpoint of other data is refused."""
+    h = hashlib.blake2b(digest_size=12)
+    for a in arrays:
+        if a is None:
+            h.update(b"none")
+            continue
+        host = numpy.ascontiguousarray(to_numpy(a))
+        h.update(f"{host.shape}{host.dtype}".encode())
+        h.update(memoryview(host).cast("B"))
+    return h.hexdigest()
+
+
+def _optimizer_state(optimizer) -> tuple[dict, dict]:
+    state_dict = getattr(optimizer, "state_dict", None)
+    if not callable(state_dict):
+        raise TypeError(f"Trainer: checkpoints need an optimizer with state_dict()/load_state_dict() "
+                        f"(xpconv's optimizers); got {type(optimizer).__name__}")
+    return state_dict()
+
+
+def _model_arrays(network) -> dict:
+    """Host copies of the parameters and buffers (xpconv's models), or of ``params``."""
+    state_arrays = getattr(network, "state_arrays", None)
+    if callable(state_arrays):
+        return state_arrays()
+    return {k: to_numpy(v).copy() for k, v in network.params.items()}
+
+
+def _restore_model(network, arrays: dict) -> None:
+    load = getattr(network, "load_state_arrays", None)
+    if callable(load):
+        load(arrays, who="Trainer (resuming)")
+        return
+    for k, v in network.params.items():
+        network.params[k] = from_host(arrays[k], v) if not is_host_numpy(v) else arrays[k].astype(v.dtype)
+
+
+def _layers(network) -> dict:
+    layers = getattr(network, "layers", None)
+    return dict(layers) if isinstance(layers, dict) else {}
+
+
+def _layer_rngs(network) -> dict:
+    """Bit-generator states of the layers' host generators (Dropout), by layer name."""
+    return {name: layer._rng.bit_generator.state for name, layer in _layers(network).items()
+            if isinstance(getattr(layer, "_rng", None), numpy.random.Generator)}
+
+
+def _restore_layer_rngs(network, states: dict) -> None:
+    layers = _layers(network)
+    for name, state in states.items():
+        layers[name]._rng.bit_generator.state = state

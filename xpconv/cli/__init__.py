@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from . import tools, train
-from .common import EXPECTED_ERRORS, fail_on_this_rank, is_root, one_line
+from .common import EXPECTED_ERRORS, end_job, fail_on_this_rank, is_root, one_line
 
 __all__ = ["main"]
 
@@ -25,19 +25,20 @@ def main(argv=None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
-    from ..trainer import TrainingDiverged
+    from ..trainer import TrainingDiverged, TrainingInterrupted
     try:
         return args.run(args)
     except TrainingDiverged as exc:   # with --distributed, every rank stops at the same step
         if is_root():
             print(f"xpconv {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as exc:   # SIGTERM/SIGINT: the checkpoint is written
+        return end_job(f"xpconv {args.command}: {one_line(exc)}", exc.exit_code)
     except EXPECTED_ERRORS as exc:
         fail_on_this_rank(f"xpconv {args.command}: error: {one_line(exc)}")
         return 1
     except KeyboardInterrupt:
-        print(f"xpconv {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return end_job(f"xpconv {args.command}: interrupted", 130)
 
 
 def _parser() -> argparse.ArgumentParser:

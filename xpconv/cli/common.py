@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -39,8 +40,9 @@ def fail_on_this_rank(message: str) -> None:
 
 
 def check_writable(path, option="--save") -> None:
-    """Output ``path`` of --save or --json: its folder exists and takes a new file; not a folder."""
-    target = Path(path)
+    """Output ``path`` of --save or --json: its folder exists and takes a new file; not a folder.
+    A symlink is checked where it points (the file that will be written)."""
+    target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     folder = target.parent
     if target.is_dir():
         raise ValueError(f"{option} {path}: is a folder; give the name of a file in it")
@@ -74,3 +76,27 @@ def optimizer_name(text: str) -> str:
         if name.lower() == text.lower():
             return name
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(OPTIMIZERS)}; got {text!r}")
+
+
+def check_free_space(path, nbytes: int, option="--save") -> None:
+    """The folder of ``path`` has room for ``nbytes`` (plus 10% and 1 MiB), else a ValueError."""
+    target = Path(os.path.realpath(path))
+    need = int(nbytes * 1.1) + 2**20
+    try:
+        free = shutil.disk_usage(target.parent).free
+    except OSError:
+        return
+    if free < need:
+        raise ValueError(f"{option} {path}: {free / 2**20:.1f} MiB free in {target.parent}, the model "
+                         f"needs about {need / 2**20:.1f} MiB; free some space or save elsewhere")
+
+
+def end_job(message: str, code: int) -> int:
+    """Print ``message`` and return ``code``; in a job of several ranks, end them all with
+    that code (a rank that returned would leave the others waiting in a collective)."""
+    from ..distributed import active
+    print(message, file=sys.stderr)
+    comm = active()
+    if comm is not None and comm.size > 1:
+        comm.abort(code)
+    return code

@@ -1,11 +1,14 @@
 """``xpconv train``: train a network on MNIST, a bundled set or your data."""
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 import time
 import warnings
+from pathlib import Path
 
-from .common import MODELS, OPTIMIZERS, check_writable, optimizer_name, positive_int
+from .common import MODELS, OPTIMIZERS, check_free_space, check_writable, optimizer_name, positive_int
 
 MAX_CLASSES = 10_000   # labels must be 0..K-1 with K at most this (the output layer has K units)
 
@@ -36,6 +39,15 @@ def add_parser(sub) -> None:
                    help="use only the first N training and test images (quick trials)")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     t.add_argument("--save", metavar="PATH", help="write the trained parameters here (.npz)")
+    t.add_argument("--checkpoint", metavar="DIR",
+                   help="keep checkpoints in DIR (last.npz, history.csv): written every "
+                        "--checkpoint-every steps, at every epoch end and on SIGTERM/SIGINT; started "
+                        "again with the same arguments, training resumes from it, bit for bit")
+    t.add_argument("--checkpoint-every", type=positive_int, default=500, metavar="STEPS",
+                   help="steps between checkpoints within an epoch (default: 500)")
+    t.add_argument("--restart", action="store_true",
+                   help="with --checkpoint: ignore a checkpoint in DIR and start over")
+    t.add_argument("--log", metavar="PATH", help="write the per-epoch history here (.csv or .jsonl)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of 'mpiexec -n N' (pip install \"xpconv[mpi]\"); "
@@ -54,6 +66,16 @@ def run(args) -> int:
 
     if args.save:
         check_writable(args.save)     # before any data is loaded or a step is run
+    if args.log:
+        check_writable(args.log, option="--log")
+    if args.restart and not args.checkpoint:
+        raise ValueError("--restart is for --checkpoint DIR (it starts over instead of resuming)")
+    if not args.distributed:
+        from ..distributed import launched_by_mpi, launcher_size
+        if launched_by_mpi() and launcher_size() > 1:
+            raise ValueError(f"started by an MPI launcher with {launcher_size()} ranks but without "
+                             f"--distributed: add --distributed to train one model over the ranks "
+                             f"(nothing was trained or written)")
     comm = None
     if args.distributed:
         from ..distributed import init
@@ -89,6 +111,8 @@ def run(args) -> int:
     model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]
     kwargs = dict(input_dim=input_dim, output_size=classes, device=dev, dtype=args.dtype, seed=args.seed)
     network = model_class(**kwargs)
+    if args.save and root:
+        check_free_space(args.save, sum(a.nbytes for a in network.state_arrays().values()))
     ranks = "" if comm is None else (f" (global, over {comm.size} rank{'s' if comm.size > 1 else ''}, "
                                     f"transport {comm.transport})")
     say(f"xpconv train: {model_class.__name__} on {dev} ({dev.xp.__name__}), data {name}: "
@@ -97,7 +121,10 @@ def run(args) -> int:
     trainer = Trainer(network, x_train, t_train, x_test, t_test, epochs=args.epochs,
                       mini_batch_size=args.batch_size, optimizer=args.optimizer,
                       optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed,
-                      comm=comm)
+                      comm=comm, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                      restart=args.restart, log=args.log)
+    if args.checkpoint and not args.restart and (Path(args.checkpoint) / "last.npz").exists():
+        say(f"xpconv train: resuming from {Path(args.checkpoint) / 'last.npz'} (--restart starts over)")
     start = time.perf_counter()
     with warnings.catch_warnings():   # a diverging step's overflow: TrainingDiverged says it in one line
         warnings.filterwarnings("ignore", "(overflow|invalid value|divide by zero) encountered",
@@ -109,7 +136,7 @@ def run(args) -> int:
     say(f"summary: test accuracy {trainer.test_acc:.4f} on {len(x_test)} images ({name}); "
         f"{per_epoch:.2f} s/epoch (median), {total:.1f} s in total on {on}")
     if args.save and root:   # the ranks hold the same parameters: rank 0 writes them
-        network.save_params(args.save)
+        _save_or_keep(network, args.save, args.checkpoint)
         print(f"saved parameters to {args.save} (load with {model_class.__name__}("
               f"input_dim={input_dim}, output_size={classes}).load_params({args.save!r}))")
     if comm is not None:
@@ -119,6 +146,26 @@ def run(args) -> int:
 
 def _silent(*args, **kwargs) -> None:
     pass
+
+
+def _save_or_keep(network, path, checkpoint) -> None:
+    """Write the trained model to ``path``; if that fails, never lose it: write it to the
+    checkpoint folder (or a file in the temporary folder) and say where, in one line."""
+    try:
+        network.save_params(path)
+        return
+    except (OSError, ValueError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        real = os.path.realpath(path)
+    folder = Path(checkpoint) if checkpoint else Path(tempfile.gettempdir())
+    fallback = folder / f"model-unsaved-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.npz"
+    try:
+        network.save_params(fallback)
+    except (OSError, ValueError) as exc2:
+        raise OSError(f"--save {path}: could not write {real} ({why}), nor the fallback {fallback} "
+                      f"({exc2}); the model is lost") from None
+    raise OSError(f"--save {path}: could not write {real} ({why}); the trained model is kept in "
+                  f"{fallback}")
 
 
 def _split_args(args) -> dict:

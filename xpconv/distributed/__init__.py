@@ -38,7 +38,7 @@ from array_api_compat import array_namespace
 from ..devices import Device, device as resolve_device, device_scope, from_host, to_numpy
 from ..layers.shard import Shard, current_shard, sharded
 
-__all__ = ["init", "active", "Communicator", "SingleProcess", "MPICommunicator", "Shard",
+__all__ = ["init", "active", "launcher_size", "Communicator", "SingleProcess", "MPICommunicator", "Shard",
            "current_shard", "sharded", "launched_by_mpi", "find_mpiexec", "DistributedUnavailable",
            "MPI_EXTRA", "TRANSPORTS"]
 
@@ -108,6 +108,16 @@ def launched_by_mpi() -> bool:
     if any(name in os.environ for name in _LAUNCHER_VARS):
         return True
     return _int_env("SLURM_STEP_NUM_TASKS") > 1    # srun -n N, whatever its --mpi plugin
+
+
+def launcher_size() -> int:
+    """How many ranks the MPI launcher started (from its environment; 1 if unknown)."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE", "PMIX_SIZE",
+                 "SLURM_STEP_NUM_TASKS"):
+        value = _int_env(name)
+        if value > 0:
+            return value
+    return 1
 
 
 class Communicator:

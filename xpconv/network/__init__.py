@@ -342,15 +342,37 @@ class Sequential:
         an ``.npz`` under any name, or the book's ``params.pkl`` through a restricted reader
         that never runs code (see ``xpconv.serialization.load_arrays``).
         """
-        slots = [(name, layer, attr) for name, (layer, attr, _) in self._bindings.items()]
-        slots += list(self._buffers())
         arrays, _ = serialization.load_arrays(
-            path, expected={key: tuple(getattr(layer, attr).shape) for key, layer, attr in slots},
+            path, expected={key: tuple(getattr(layer, attr).shape) for key, layer, attr in self._slots()},
             who=f"{type(self).__name__}.load_params")
+        return self.load_state_arrays(arrays)
+
+    def load_state_arrays(self, arrays: dict, *, who: str | None = None) -> "Sequential":
+        """Set every parameter and buffer from host arrays named as :meth:`state_arrays`
+        names them (the inverse of ``state_arrays``), on this model's device and dtypes.
+
+        Raises:
+            ValueError: a name missing or extra, or a shape that differs.
+        """
+        who = who or f"{type(self).__name__}.load_state_arrays"
+        slots = self._slots()
+        names = {key for key, _, _ in slots}
+        if set(arrays) != names:
+            raise ValueError(f"{who}: the arrays do not fit this model: missing {sorted(names - set(arrays))}, "
+                             f"extra {sorted(set(arrays) - names)}")
+        for key, layer, attr in slots:
+            if tuple(arrays[key].shape) != tuple(getattr(layer, attr).shape):
+                raise ValueError(f"{who}: {key} has shape {tuple(arrays[key].shape)}; this model's is "
+                                 f"{tuple(getattr(layer, attr).shape)}")
         for key, layer, attr in slots:   # params[...] = ... would do the same for parameters
             current = getattr(layer, attr)
             setattr(layer, attr, self.device.asarray(arrays[key], dtype=dtype_name(current)))
         return self
+
+    def _slots(self) -> list:
+        """("<name>", layer, attr) of every parameter and buffer."""
+        return ([(name, layer, attr) for name, (layer, attr, _) in self._bindings.items()]
+                + list(self._buffers()))
 
     # ------------------------------------------------------------------ helpers
     def _arrays(self) -> Iterable[tuple[object, str]]:

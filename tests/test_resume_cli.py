@@ -150,3 +150,49 @@ def test_mpi_launch_without_distributed_is_refused(tmp_path):
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 2 and all("add --distributed" in line for line in lines), done.stderr
     assert not out.exists()
+
+
+def _mpiexec():
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        pytest.skip("no mpiexec (pip install mpi4py mpich)")
+    pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install 'xpconv[mpi]')")
+    return mpiexec
+
+
+def _rank_pids(launcher_pid):
+    """The pids of the ranks a launcher started (its grandchildren or children running xpconv)."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    children = {int(p) for p, pp, _ in rows if int(pp) == launcher_pid}
+    family = children | {int(p) for p, pp, _ in rows if int(pp) in children}
+    return sorted(int(p) for p, _, args in rows if int(p) in family and "xpconv.cli" in args)
+
+
+@pytest.mark.parametrize("target", ["one rank", "the launcher"])
+def test_sigint_to_a_rank_or_the_launcher_ends_the_job_and_it_resumes_on_other_ranks(tmp_path, target):
+    """2 ranks, SIGINT, then the same command on 3 ranks: float64 within 1e-10 of one process."""
+    mpiexec = _mpiexec()
+    folder, out, whole = tmp_path / "ck", tmp_path / "out.npz", tmp_path / "whole.npz"
+    args = TRAIN[:-2] + ["--seed", "3", "--limit", "600", "--epochs", "2", "--distributed"]
+    done = _run([mpiexec, "-n", "1", *args, "--save", str(whole)])
+    assert done.returncode == 0, done.stderr
+    command = args + ["--checkpoint", str(folder), "--checkpoint-every", "5", "--save", str(out)]
+    proc = subprocess.Popen([mpiexec, "-n", "2", *command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert _wait_for(folder / ckpt.LAST, proc, time.monotonic() + TIMEOUT)
+        ranks = _rank_pids(proc.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[-1] if target == "one rank" else proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)          # ended, not hung in a collective
+    finally:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+    assert proc.returncode != 0 and "interrupted" in err, err
+    assert not out.exists()
+    done = _run([mpiexec, "-n", "3", *command])
+    assert done.returncode == 0, done.stderr
+    want, got = _arrays(whole), _arrays(out)
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-10, atol=1e-12, err_msg=k)

@@ -399,14 +399,16 @@ def test_conv2d_backward_dy_dtype_mismatch():
 
 # ----------------------------------------------------------------------------- networks: where arrays live
 
-def test_model_input_on_another_library_names_both_libraries():
-    """Was "x is a torch array on cpu but the model is on cpu": both sides name their library."""
+def test_model_input_of_another_library_is_shared_or_refused_naming_both_places():
+    """A torch CPU tensor feeds a NumPy model through DLPack (the same predictions as NumPy
+    input); a tensor on a device the model cannot reach is refused, naming both places."""
     torch = pytest.importorskip("torch", reason="torch is not installed")
     net = xpconv.SimpleConvNet(seed=0)
-    with pytest.raises(ValueError, match=r"SimpleConvNet: x is on torch:cpu but the model is on cpu \(numpy\)"):
-        net.predict(torch.zeros(1, 1, 28, 28))
-    with pytest.raises(ValueError, match=r"SimpleConvNet: t is on torch:cpu but the model is on cpu \(numpy\)"):
-        net.loss(np.zeros((1, 1, 28, 28)), torch.tensor([1]))
+    x = np.random.default_rng(0).standard_normal((2, 1, 28, 28)).astype(np.float32)
+    np.testing.assert_array_equal(net.predict(torch.from_numpy(x)), net.predict(x))
+    assert float(net.loss(torch.from_numpy(x), torch.tensor([1, 2]))) == float(net.loss(x, np.array([1, 2])))
+    with pytest.raises((ValueError, TypeError), match=r"meta"):
+        net.predict(torch.zeros(1, 1, 28, 28, device="meta"))
 
 
 def test_model_parameters_on_two_libraries_name_both_libraries():

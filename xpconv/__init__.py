@@ -15,7 +15,8 @@ from .layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, 
 from .models import DeepConvNet, LeNet, SimpleConvNet
 from .network import Parameters, Sequential
 from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, get_optimizer
-from .trainer import Trainer, TrainingDiverged
+from .model_io import load_model
+from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from .threads import get_num_threads, set_num_threads
 from .workspace import get_workspace_limit, set_workspace_limit, workspace_limit
 
@@ -30,7 +31,7 @@ __all__ = [
     # networks and training
     "Sequential", "Parameters", "SimpleConvNet", "DeepConvNet", "LeNet",
     "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get_optimizer",
-    "Trainer", "TrainingDiverged", "numerical_gradient",
+    "Trainer", "TrainingDiverged", "TrainingInterrupted", "numerical_gradient", "load_model",
     # data, memory, threads
     "datasets", "distributed", "get_workspace_limit", "set_workspace_limit", "workspace_limit",
     "get_num_threads", "set_num_threads",

@@ -141,6 +141,8 @@ class SimpleConvNet(Sequential):
             ("Affine2", Affine(W3, init.zeros(output_size))),
         ], param_names={"W1": ("Conv1", "W"), "b1": ("Conv1", "b"), "W2": ("Affine1", "W"),
                         "b2": ("Affine1", "b"), "W3": ("Affine2", "W"), "b3": ("Affine2", "b")})
+        self._config = {"input_dim": [C, H, W], "conv_param": conv_param, "hidden_size": hidden_size,
+                        "output_size": output_size}
 
 
 class DeepConvNet(Sequential):
@@ -163,6 +165,7 @@ class DeepConvNet(Sequential):
         ]
         who = type(self).__name__
         C, H, W = _input_dim(who, input_dim)
+        image = [C, H, W]
         if not isinstance(conv_params, (list, tuple)) or not conv_params:
             raise TypeError(f"{who}: expected conv_params to be a non-empty list of dicts with keys "
                             f"{_CONV_KEYS}; got {conv_params!r}")
@@ -197,6 +200,8 @@ class DeepConvNet(Sequential):
         names.update({f"W{n + 1}": (f"Affine{n + 1}", "W"), f"b{n + 1}": (f"Affine{n + 1}", "b"),
                       f"W{n + 2}": (f"Affine{n + 2}", "W"), f"b{n + 2}": (f"Affine{n + 2}", "b")})
         super().__init__(layers, param_names=names)
+        self._config = {"input_dim": image, "conv_params": conv_params, "hidden_size": hidden_size,
+                        "output_size": output_size, "dropout_ratio": float(dropout_ratio)}
 
 
 class LeNet(Sequential):
@@ -216,6 +221,7 @@ class LeNet(Sequential):
             raise ValueError(f"{who}: expected pool 'max' or 'avg'; got {pool!r}")
         act = Relu if activation == "relu" else Sigmoid
         C, H, W = _input_dim(who, input_dim)
+        config = {"input_dim": [C, H, W], "output_size": output_size, "activation": activation, "pool": pool}
         output_size = as_index(who, "output_size", output_size, minimum=1)
         init = _Init(who, device, dtype, seed)
         gain = 2.0 if activation == "relu" else 1.0
@@ -238,3 +244,4 @@ class LeNet(Sequential):
             ("Act4", act()),
             ("Affine3", Affine(init.normal((84, output_size), std(84)), init.zeros(output_size))),
         ])
+        self._config = {**config, "output_size": output_size}

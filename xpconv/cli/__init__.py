@@ -1,4 +1,4 @@
-"""The ``xpconv`` command: devices, train, filters, convert, selftest, bench.
+"""The ``xpconv`` command: devices, train, evaluate, predict, export, filters, convert, selftest, bench.
 
 Each command lives in a module of this package with an ``add_parser(sub)`` that sets
 ``run``; :func:`main` parses and runs it, turning the expected failures into one line
@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import tools, train
+from . import model_commands, tools, train
 from .common import EXPECTED_ERRORS, end_job, fail_on_this_rank, is_root, one_line
 
 __all__ = ["main"]
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     tools.add_parsers(sub)
     train.add_parser(sub)
+    model_commands.add_parsers(sub)
     return p
 
 

@@ -194,12 +194,31 @@ class Sequential:
 
     # ------------------------------------------------------------------ the book's API
     def predict(self, x, train_flg=False):
-        """Scores before the loss: (N, ...) -> (N, classes)."""
+        """Scores before the loss: (N, ...) -> (N, classes); one sample (C, H, W) -> (classes,).
+        Input by the rule of :meth:`_input` (uint8 scaled by 1/255, host data moved)."""
+        single = self._is_single(x)
         x = self._input(x)
         with device_scope(x):
             for layer in self.layers.values():
                 x = layer.forward(x, train_flg) if _takes_train_flg(layer) else layer.forward(x)
-        return x
+        return x[0, ...] if single else x
+
+    def predict_proba(self, x):
+        """Class probabilities ``softmax(predict(x))``: x (N, C, H, W) -> (N, K); one sample
+        (C, H, W) -> (K,)."""
+        from ..layers.loss import softmax
+        return softmax(self.predict(x))
+
+    def predict_classes(self, x):
+        """The most likely class, ``argmax(predict(x))``: x (N, C, H, W) -> (N,) integers; one
+        sample (C, H, W) -> a 0-d array."""
+        y = self.predict(x)
+        return array_namespace(y).argmax(y, axis=-1)
+
+    def _is_single(self, x) -> bool:
+        channels = self._input_channels()
+        ndim = len(x.shape) if hasattr(x, "shape") else len(to_numpy(x).shape)
+        return channels is not None and (ndim == 3 or (ndim == 2 and channels == 1))
 
     def loss(self, x, t, train_flg=True):
         """Mean loss of the batch, a 0-d array; ``t`` by the label rule of ``accuracy``."""
@@ -332,8 +351,14 @@ class Sequential:
         The file is written to a temporary name and renamed, so an existing file is
         never left half-written. Load it on any device with ``load_params``.
         """
-        serialization.save_arrays(path, self.state_arrays(), metadata={
-            "format": "xpconv-params", "version": "1", "model": type(self).__name__})
+        import json
+
+        from ..model_io import architecture
+        metadata = {"format": "xpconv-params", "version": "1", "model": type(self).__name__}
+        arch = architecture(self)
+        if arch is not None:           # load_model rebuilds the network from the file alone
+            metadata["architecture"] = json.dumps(arch)
+        serialization.save_arrays(path, self.state_arrays(), metadata=metadata)
 
     def load_params(self, path="params.pkl") -> "Sequential":
         """Read parameters saved by ``save_params`` (from any device) onto this model's device.
@@ -397,11 +422,58 @@ class Sequential:
         return device_of(first)
 
     def _input(self, x):
-        """Host data -> the model's device (float dtype of the model); device arrays must match."""
+        """The model's input, by one rule everywhere (predict, loss, accuracy, gradient):
+
+        * host data (NumPy, lists) moves to the model's device in the model's dtype; an
+          array of another library is shared through DLPack where the device allows
+          (``Device.asarray``); arrays of this library must be on this device;
+        * 8-bit images (uint8) become ``x / 255`` in the model's dtype, as the data
+          loaders scale them; other dtypes are taken as they are;
+        * a model whose first layer is a convolution takes one sample ``(C, H, W)`` (or
+          ``(H, W)`` for one channel) as a batch of one; channels-last data
+          ``(N, H, W, C)`` is refused with a message that says how to transpose it.
+        """
         dtype = dtype_name(next(iter(self.params.values())))
-        if not is_array_api_obj(x) or is_host_numpy(x):
-            return self.device.asarray(x, dtype=dtype)
-        self._check_on_device(x, "x")
+        host = not is_array_api_obj(x) or is_host_numpy(x)
+        if host or array_namespace(x) is not self.device.xp:
+            is_uint8 = hasattr(x, "dtype") and dtype_name(x) == "uint8"
+            x = self.device.asarray(x) if is_uint8 else self.device.asarray(x, dtype=dtype)
+        else:
+            self._check_on_device(x, "x")
+        x = self._as_batch(x)
+        if dtype_name(x) == "uint8":
+            xp = array_namespace(x)
+            with device_scope(x):
+                x = xp.astype(x, self.device.dtype(dtype))
+                return x / xp.asarray(255.0, dtype=x.dtype, device=array_device(x))
+        return x
+
+    def _input_channels(self) -> "int | None":
+        """C of the (N, C, H, W) input when the first layer is a convolution, else None."""
+        first = next(iter(self.layers.values()))
+        W = getattr(first, "W", None)
+        if W is None or len(W.shape) != 4:
+            return None
+        return int(W.shape[1]) * int(getattr(first, "groups", 1))
+
+    def _as_batch(self, x):
+        """One (C, H, W) or (H, W) sample as a batch of one; channels-last refused."""
+        channels = self._input_channels()
+        if channels is None:
+            return x
+        xp = array_namespace(x)
+        if len(x.shape) == 2 and channels == 1:
+            return xp.reshape(x, (1, 1, *x.shape))
+        if len(x.shape) == 3:
+            if x.shape[0] != channels and x.shape[-1] == channels:
+                raise ValueError(f"{type(self).__name__}: x of shape {tuple(x.shape)} looks channels-last "
+                                 f"(H, W, C); the model takes (C, H, W) with C={channels}: transpose it "
+                                 f"(x.transpose(2, 0, 1))")
+            return xp.reshape(x, (1, *x.shape))
+        if len(x.shape) == 4 and x.shape[1] != channels and x.shape[-1] == channels:
+            raise ValueError(f"{type(self).__name__}: x of shape {tuple(x.shape)} looks channels-last "
+                             f"(N, H, W, C); the model takes (N, C, H, W) with C={channels}: transpose it "
+                             f"(x.transpose(0, 3, 1, 2), or xpconv train --channels-last)")
         return x
 
     def _labels(self, who, t, n, k):
@@ -412,6 +484,8 @@ class Sequential:
         """
         if not is_array_api_obj(t):
             t = to_numpy(t)
+        elif not is_host_numpy(t) and array_namespace(t) is not self.device.xp:
+            t = self.device.asarray(t)      # another library's labels: shared where the device allows
         if is_host_numpy(t):
             return self.device.asarray(check_labels(who, t, n, k))
         self._check_on_device(t, "t")

@@ -194,3 +194,77 @@ def test_optimizer_state_dict_round_trip_continues_identically():
                                           err_msg=f"{name} {k}")
     with pytest.raises(ValueError, match="unknown state array 'q/W1'"):
         xpconv.Adam().load_state_dict({}, {"q/W1": np.zeros(3)})
+
+
+@pytest.mark.parametrize("schedule", ["step", "cosine", "plateau"])
+def test_schedules_set_the_learning_rate_and_resume_bit_for_bit(tmp_path, data, schedule):
+    from xpconv.schedules import Schedule
+    def make():
+        return Schedule(schedule, warmup=4, step_size=1, gamma=0.5, patience=1, reduce_by=0.5)
+    whole = run(simple("float64"), data, lr_schedule=make())
+    lrs = [r["lr"] for r in whole.history]
+    if schedule == "step":
+        assert lrs == [0.01, 0.005, 0.0025]
+    elif schedule == "cosine":
+        assert lrs[0] > lrs[1] > lrs[2] and lrs[-1] < 0.01 * 0.01     # the last step: near 0
+    with pytest.raises(RuntimeError):
+        run(simple("float64"), data, tmp_path, stop=13, checkpoint_every=3, lr_schedule=make())
+    resumed = run(simple("float64"), data, tmp_path, checkpoint_every=3, lr_schedule=make())
+    assert [r["lr"] for r in resumed.history] == lrs
+    for k, v in params(whole.network).items():
+        np.testing.assert_array_equal(params(resumed.network)[k], v, err_msg=k)
+
+
+def test_warmup_ramps_the_first_steps():
+    from xpconv.schedules import Schedule
+    s = Schedule("constant", warmup=4)
+    assert [s.factor(i, 1) for i in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match="expected kind in"):
+        Schedule("linear")
+
+
+class Worsen:
+    """Makes the validation loss grow after every epoch (a large step out of the minimum)."""
+
+    def on_epoch_end(self, trainer, record):
+        for k in trainer.network.params:
+            trainer.network.params[k] = trainer.network.params[k] * 1.5
+
+
+def test_early_stop_restores_the_best_epoch_and_resumes(tmp_path, data):
+    x, t, xv, tv = data
+
+    def trainer(folder=None, epochs=8, callbacks=(Worsen(),), **kw):
+        return xpconv.Trainer(simple("float64"), x, t, xv, tv, epochs=epochs, mini_batch_size=25,
+                              optimizer="SGD", optimizer_param={"lr": 1e-9}, verbose=False, seed=0,
+                              early_stop=2, callbacks=list(callbacks), checkpoint=folder, **kw)
+    whole = trainer().train()
+    assert whole.stopped_early and len(whole.history) == 3          # best at 1, then 2 worse epochs
+    losses = [r["val_loss"] for r in whole.history]
+    assert losses[0] < losses[1] < losses[2]
+    first = trainer(epochs=1, callbacks=()).train()                  # epoch 1 alone, not worsened
+    for k, v in params(first.network).items():
+        np.testing.assert_array_equal(params(whole.network)[k], v)   # the best epoch's parameters
+    with pytest.raises(RuntimeError):
+        trainer(tmp_path, keep_best=True, callbacks=(Worsen(), StopAt(25))).train()      # in epoch 3
+    resumed = trainer(tmp_path, keep_best=True).train()
+    assert resumed.stopped_early and len(resumed.history) == 3
+    for k, v in params(whole.network).items():
+        np.testing.assert_array_equal(params(resumed.network)[k], v)
+    assert xpconv.load_model(tmp_path / ckpt.BEST).predict(xv).shape == (60, 10)
+
+
+def test_train_flags_for_schedules_best_model_and_curves(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib not installed (pip install 'xpconv[plot]')")
+    from xpconv.cli import main
+    folder = tmp_path / "ck"
+    rc = main(["train", "--data", "mnist-bundled", "--limit", "200", "--epochs", "2", "--quiet",
+               "--checkpoint", str(folder), "--keep-best", "--lr-schedule", "cosine", "--warmup", "3",
+               "--early-stop", "3", "--plot", str(tmp_path / "c.png"), "--log", str(tmp_path / "h.csv")])
+    assert rc == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000 and (folder / ckpt.BEST).exists()
+    assert (tmp_path / "h.csv").read_text() == (folder / ckpt.HISTORY).read_text()
+    assert main(["plot", str(folder / ckpt.HISTORY), "--out", str(tmp_path / "d.png")]) == 0
+    assert main(["plot", str(tmp_path / "c.png")]) == 1
+    assert main(["train", "--keep-best", "--epochs", "1"]) == 1
+    assert "--keep-best writes DIR/best.npz" in capsys.readouterr().err

@@ -98,6 +98,12 @@ class Trainer:
         log: also write the per-epoch history to this ``.csv`` or ``.jsonl`` file.
         callbacks: objects with any of ``on_step_end(trainer, step)`` and
             ``on_epoch_end(trainer, record)`` (``record``: the epoch's history row).
+        lr_schedule: "step", "cosine", "plateau" or an :class:`xpconv.schedules.Schedule`
+            (None: constant); ``warmup``: steps of linear warm-up.
+        early_stop: stop when the validation loss has not improved for this many epochs,
+            and restore the parameters of the best epoch (None: never).
+        keep_best: with ``checkpoint``, also write the model of the epoch with the best
+            validation accuracy to ``checkpoint/best.npz`` (a model file: ``load_model``).
 
     After ``train()``: ``history`` (one dict per epoch: ``epoch``, ``train_loss`` (the
     epoch's mean), ``train_acc``, ``val_loss``, ``val_acc``, ``lr``, ``seconds``,
@@ -116,7 +122,7 @@ class Trainer:
                  mini_batch_size=100, optimizer="SGD", optimizer_param={"lr": 0.01},
                  evaluate_sample_num_per_epoch=None, verbose=True, *, seed=None, check_every=50,
                  comm=None, checkpoint=None, checkpoint_every=None, restart=False, log=None,
-                 callbacks=()):
+                 callbacks=(), lr_schedule=None, warmup=0, early_stop=None, keep_best=False):
         if (x_test is None) != (t_test is None):
             raise ValueError("Trainer: give both x_test and t_test, or neither")
         sizes = [_length(a) for a in (x_train, t_train)]
@@ -151,6 +157,18 @@ class Trainer:
         self.checkpoint_every, self.restart = checkpoint_every, restart
         self.log = None if log is None else Path(log)
         self.callbacks = list(callbacks)
+        from .schedules import get_schedule
+        self.schedule = get_schedule(lr_schedule, warmup)
+        self.schedule.total_steps = epochs * math.ceil(sizes[0] / mini_batch_size)
+        self._base_lr = getattr(self.optimizer, "lr", None)
+        if early_stop is not None and not (isinstance(early_stop, int) and early_stop >= 1):
+            raise ValueError(f"Trainer: expected early_stop >= 1 (epochs, an int) or None; got {early_stop!r}")
+        if (early_stop or keep_best) and x_test is None:
+            raise ValueError("Trainer: early_stop and keep_best watch the validation set: give x_test and t_test")
+        self.early_stop, self.keep_best = early_stop, keep_best
+        self._best = {"val_loss": None, "val_acc": None, "bad_epochs": 0, "epoch": None}
+        self._best_arrays: dict | None = None      # parameters of the best epoch by validation loss
+        self.stopped_early = False
         self.history: list[dict] = []
         self.train_loss_list: list[float] = []
         self.train_acc_list: list[float] = []
@@ -178,7 +196,7 @@ class Trainer:
         bar = _progress(self.epochs * self.steps_per_epoch, verbose, initial=done)
         previous = self._install_signal_handlers()
         try:
-            for epoch in range(self._epoch, self.epochs + 1):
+            for epoch in range(self._epoch, (self._epoch if self.stopped_early else self.epochs + 1)):
                 start = time.perf_counter()
                 if resume is not None and resume.state["step_in_epoch"] > 0:
                     host_order = numpy.asarray(resume.order, dtype=numpy.int64)
@@ -189,6 +207,7 @@ class Trainer:
                 order = from_host(host_order, self.x_train)              # one upload per epoch
                 for s in range(self._step_in_epoch * self.batch_size, n, self.batch_size):
                     stop = min(s + self.batch_size, n)
+                    self._set_lr(epoch)
                     if self.comm is None:
                         loss = self._step(_take(self.x_train, order[s:stop]), _take(self.t_train, order[s:stop]))
                     else:
@@ -215,6 +234,9 @@ class Trainer:
                 self.epoch_seconds.append(time.perf_counter() - start)
                 record = self._epoch_record(epoch, n)
                 self._epoch, self._step_in_epoch = epoch + 1, 0
+                self.schedule.epoch_end(record["val_loss"] if record["val_loss"] is not None
+                                        else record["train_loss"])
+                self._watch_best(record)
                 for cb in self.callbacks:
                     if hasattr(cb, "on_epoch_end"):
                         cb.on_epoch_end(self, record)
@@ -225,11 +247,18 @@ class Trainer:
                            f"  val loss {record['val_loss']:.4f}  val acc {record['val_acc']:.4f}")
                     bar.write(f"epoch {epoch:>3}/{self.epochs}: loss {record['train_loss']:.4f}  "
                               f"train acc {record['train_acc']:.4f}{val}  ({record['seconds']:.1f} s)")
+                if self.stopped_early:
+                    break
                 if self._stop_signal is not None and epoch < self.epochs:
                     raise TrainingInterrupted(self._stop_signal, self._last_path(), f"end of epoch {epoch}")
         finally:
             self._restore_signal_handlers(previous)
             bar.close()
+        if self.stopped_early:
+            _restore_model(self.network, self._best_arrays)
+            if verbose:
+                print(f"early stop after epoch {self._epoch - 1}: no better validation loss for "
+                      f"{self.early_stop} epochs; the parameters of epoch {self._best['epoch']} are restored")
         if self.x_test is not None:
             self.test_acc = self._correct(self.x_test, self.t_test) / self.x_test.shape[0]
             if verbose:
@@ -277,16 +306,42 @@ class Trainer:
         for path in targets:
             write_history(path, self.history)
 
+    # ------------------------------------------------------------------ schedule and early stopping
+    def _set_lr(self, epoch: int) -> None:
+        """The optimizer's ``lr`` for the next step: the base rate times the schedule's factor."""
+        if self._base_lr is not None and (self.schedule.kind != "constant" or self.schedule.warmup):
+            self.optimizer.lr = self._base_lr * self.schedule.factor(self._global_step, epoch)
+
+    def _watch_best(self, record: dict) -> None:
+        """Early stopping on the validation loss; the best model by validation accuracy."""
+        best = self._best
+        if self.early_stop is not None:
+            if best["val_loss"] is None or record["val_loss"] < best["val_loss"]:
+                best.update(val_loss=record["val_loss"], bad_epochs=0, epoch=record["epoch"])
+                self._best_arrays = _model_arrays(self.network)
+            else:
+                best["bad_epochs"] += 1
+                self.stopped_early = best["bad_epochs"] >= self.early_stop
+        if self.keep_best and self.checkpoint is not None and (
+                best["val_acc"] is None or record["val_acc"] > best["val_acc"]):
+            best["val_acc"] = record["val_acc"]
+            if self._is_root and callable(getattr(self.network, "save_params", None)):
+                self.checkpoint.mkdir(parents=True, exist_ok=True)
+                self.network.save_params(self.checkpoint / ckpt.BEST)
+
     # ------------------------------------------------------------------ checkpoints
     def _run_description(self) -> dict:
         """What identifies this run: a checkpoint of another run is refused."""
         params = self.network.params
         opt_settings, _ = _optimizer_state(self.optimizer)
         opt_settings = {k: v for k, v in opt_settings.items() if k != "iter"}
+        if self._base_lr is not None:
+            opt_settings["lr"] = self._base_lr             # the schedule changes the current one
         return {"model": type(self.network).__name__,
                 "parameters": {k: [list(map(int, params[k].shape)), dtype_name(params[k])] for k in params},
                 "optimizer": type(self.optimizer).__name__, "optimizer_settings": opt_settings,
-                "batch_size": self.batch_size, "seed": self.seed, "data": self._data_digest}
+                "batch_size": self.batch_size, "seed": self.seed, "data": self._data_digest,
+                "schedule": self.schedule.describe(), "early_stop": self.early_stop}
 
     def _last_path(self) -> "Path | None":
         return None if self.checkpoint is None else ckpt.last_path(self.checkpoint)
@@ -303,8 +358,12 @@ class Trainer:
                  "global_step": self._global_step, "shuffle_rng": self.rng.bit_generator.state,
                  "dropout_rngs": _layer_rngs(self.network), "optimizer_settings": settings,
                  "history": self.history, "train_loss_list": self.train_loss_list,
-                 "epoch_seconds": self.epoch_seconds}
-        ckpt.write(path, ckpt.Checkpoint(self._run_description(), state, _model_arrays(self.network),
+                 "epoch_seconds": self.epoch_seconds, "schedule": self.schedule.state(),
+                 "best": self._best, "stopped_early": self.stopped_early}
+        model = _model_arrays(self.network)
+        if self._best_arrays is not None:
+            model.update((f"best/{k}", v) for k, v in self._best_arrays.items())
+        ckpt.write(path, ckpt.Checkpoint(self._run_description(), state, model,
                                          opt_arrays, self._order if self._order is not None else numpy.zeros(0)))
         return path
 
@@ -323,9 +382,13 @@ class Trainer:
             raise ValueError(f"Trainer: {path} is a checkpoint of another run ({'; '.join(differs)}); "
                              f"use another checkpoint folder, or restart=True (--restart) to replace it")
         state = saved.state
-        if state["epoch"] > self.epochs + (state["step_in_epoch"] == 0):
+        if state["epoch"] > self.epochs + (state["step_in_epoch"] == 0) and not state["stopped_early"]:
             raise ValueError(f"Trainer: {path} is at epoch {state['epoch']}, past epochs={self.epochs}")
-        _restore_model(self.network, saved.model)
+        best = {k[len("best/"):]: v for k, v in saved.model.items() if k.startswith("best/")}
+        _restore_model(self.network, {k: v for k, v in saved.model.items() if not k.startswith("best/")})
+        self._best_arrays = best or None
+        self.schedule.load_state(state["schedule"])
+        self._best, self.stopped_early = state["best"], state["stopped_early"]
         self.optimizer.load_state_dict(state["optimizer_settings"], saved.optimizer)
         self.rng.bit_generator.state = state["shuffle_rng"]
         _restore_layer_rngs(self.network, state["dropout_rngs"])

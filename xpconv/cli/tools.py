@@ -39,6 +39,13 @@ def add_parsers(sub) -> None:
                    help="untimed steps before them (default: 2)")
     s.set_defaults(run=_selftest)
 
+    h = sub.add_parser("plot", help="draw the loss and accuracy curves of a history.csv",
+                       description="Draw the curves of a training history (DIR/history.csv of "
+                                   "--checkpoint, or --log PATH.csv) with matplotlib.")
+    h.add_argument("history", metavar="HISTORY.csv", help="a history file written by xpconv train")
+    h.add_argument("--out", default="curves.png", help="image to write (default: curves.png)")
+    h.set_defaults(run=_plot_history)
+
     b = sub.add_parser("bench", help="benchmark xpconv against the textbook NumPy code and PyTorch "
                                      "(xpconv bench --help)", add_help=False)
     b.set_defaults(run=_bench)  # its options are parsed by xpconv.bench.cli
@@ -96,3 +103,19 @@ def _selftest(args) -> int:
 def _bench(args) -> int:
     from ..bench.cli import main as bench_main
     return bench_main(args.bench_argv, prog="xpconv bench")
+
+
+def _plot_history(args) -> int:
+    import csv
+
+    from ..plot import save_history
+    try:
+        with open(args.history, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as exc:
+        raise ValueError(f"{args.history}: cannot read it ({exc.strerror or exc})") from None
+    if not rows or "train_loss" not in rows[0]:
+        raise ValueError(f"{args.history}: not a history written by xpconv train (no train_loss column)")
+    save_history(rows, args.out)
+    print(f"wrote {args.out}: {len(rows)} epochs")
+    return 0

@@ -8,7 +8,8 @@ import time
 import warnings
 from pathlib import Path
 
-from .common import MODELS, OPTIMIZERS, check_free_space, check_writable, optimizer_name, positive_int
+from .common import (MODELS, OPTIMIZERS, check_free_space, check_writable, non_negative_int, optimizer_name,
+                     positive_int)
 
 MAX_CLASSES = 10_000   # labels must be 0..K-1 with K at most this (the output layer has K units)
 
@@ -48,6 +49,17 @@ def add_parser(sub) -> None:
     t.add_argument("--restart", action="store_true",
                    help="with --checkpoint: ignore a checkpoint in DIR and start over")
     t.add_argument("--log", metavar="PATH", help="write the per-epoch history here (.csv or .jsonl)")
+    t.add_argument("--plot", metavar="PNG", help="draw the loss and accuracy curves here (matplotlib)")
+    t.add_argument("--lr-schedule", choices=("constant", "step", "cosine", "plateau"), default="constant",
+                   help="constant (default); step (x0.1 every 10 epochs); cosine (to 0 at the last "
+                        "step); plateau (x0.1 after 3 epochs without a better validation loss)")
+    t.add_argument("--warmup", type=non_negative_int, default=0, metavar="STEPS",
+                   help="linear learning-rate warm-up over the first STEPS steps (default: 0)")
+    t.add_argument("--early-stop", type=positive_int, default=None, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without a better validation loss and keep the "
+                        "best epoch's parameters")
+    t.add_argument("--keep-best", action="store_true",
+                   help="with --checkpoint: also write the best model by validation accuracy to DIR/best.npz")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of 'mpiexec -n N' (pip install \"xpconv[mpi]\"); "
@@ -68,6 +80,10 @@ def run(args) -> int:
         check_writable(args.save)     # before any data is loaded or a step is run
     if args.log:
         check_writable(args.log, option="--log")
+    if args.plot:
+        check_writable(args.plot, option="--plot")
+    if args.keep_best and not args.checkpoint:
+        raise ValueError("--keep-best writes DIR/best.npz: give --checkpoint DIR")
     if args.restart and not args.checkpoint:
         raise ValueError("--restart is for --checkpoint DIR (it starts over instead of resuming)")
     if not args.distributed:
@@ -122,7 +138,8 @@ def run(args) -> int:
                       mini_batch_size=args.batch_size, optimizer=args.optimizer,
                       optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed,
                       comm=comm, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                      restart=args.restart, log=args.log)
+                      restart=args.restart, log=args.log, lr_schedule=args.lr_schedule,
+                      warmup=args.warmup, early_stop=args.early_stop, keep_best=args.keep_best)
     if args.checkpoint and not args.restart and (Path(args.checkpoint) / "last.npz").exists():
         say(f"xpconv train: resuming from {Path(args.checkpoint) / 'last.npz'} (--restart starts over)")
     start = time.perf_counter()
@@ -135,6 +152,10 @@ def run(args) -> int:
     on = f"{dev}" if comm is None else f"{comm.size} ranks ({dev} on rank 0)"
     say(f"summary: test accuracy {trainer.test_acc:.4f} on {len(x_test)} images ({name}); "
         f"{per_epoch:.2f} s/epoch (median), {total:.1f} s in total on {on}")
+    if args.plot and root:
+        from ..plot import save_history
+        save_history(trainer.history, args.plot)
+        print(f"wrote {args.plot}")
     if args.save and root:   # the ranks hold the same parameters: rank 0 writes them
         _save_or_keep(network, args.save, args.checkpoint)
         print(f"saved parameters to {args.save} (load with {model_class.__name__}("

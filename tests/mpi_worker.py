@@ -18,8 +18,7 @@ import numpy as np
 
 import xpconv
 from xpconv.datasets import load_bundled_mnist
-from xpconv.layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, Pooling,
-                           Relu)
+from xpconv.layers import Affine, BatchNormalization, Convolution, Dropout, Flatten, Pooling, Relu
 
 N_TRAIN, N_TEST, BATCH = 95, 40, 31
 
@@ -44,7 +43,7 @@ def deep(dev):
 def batchnorm(dev):
     """conv - BN (per channel) - relu - pool - affine - BN (per feature) - relu - dropout - affine"""
     rng = np.random.default_rng(0)
-    a = lambda arr: dev.asarray(arr, dtype="float64")  # noqa: E731
+    a = lambda arr: dev.asarray(arr, dtype="float64")
     return xpconv.Sequential([
         ("Conv", Convolution(a(0.3 * rng.standard_normal((4, 1, 3, 3))), a(np.zeros(4)))),
         ("BN1", BatchNormalization(a(np.ones(4)), a(np.zeros(4)))),

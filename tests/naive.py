@@ -87,7 +87,7 @@ def conv2d_backward_naive(dy, x, w, stride=1, pads=((0, 0), (0, 0)), dilation=1,
     w = np.asarray(w, np.float64)
     sh, sw = _pair(stride)
     dh, dw_ = _pair(dilation)
-    N, C, H, W = x.shape
+    N, _C, H, W = x.shape
     FN, Cg, FH, FW = w.shape
     (t, _), (l, _) = pads
     xp = _padded(x, pads, 0.0)
@@ -160,7 +160,7 @@ def _pool_setup(x, k, stride, pads, out_hw):
     x = np.asarray(x, np.float64)
     kh, kw = _pair(k)
     sh, sw = _pair(k if stride is None else stride)
-    N, C, H, W = x.shape
+    _N, _C, H, W = x.shape
     if out_hw is None:
         out_hw = (out_size(H, kh, sh, *pads[0]), out_size(W, kw, sw, *pads[1]))
     return x, kh, kw, sh, sw, out_hw

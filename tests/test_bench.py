@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 
 import xpconv
-from xpconv.bench import cli as bench_cli
-from xpconv.bench import launch_proxy
+from xpconv.bench import cli as bench_cli, launch_proxy
 from xpconv.bench.cases import build_cases, find_case
 from xpconv.bench.contenders import discover_contenders, xpconv_specs
 from xpconv.bench.results import Measurement

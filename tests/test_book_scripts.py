@@ -30,13 +30,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from naive import conv2d_naive
 
 import xpconv
 from xpconv import DeepConvNet, SimpleConvNet, Trainer
 from xpconv.datasets import load_bundled_mnist
 from xpconv.layers import Convolution
-
-from naive import conv2d_naive
 
 BOOK_CONV = {"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1}
 

@@ -15,7 +15,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from conftest import peak_traced_bytes
 
 import xpconv.datasets.mnist as mnist
@@ -159,7 +158,7 @@ def test_load_bundled_mnist_split_is_first_8000_then_last_2000():
 
 
 def test_load_bundled_mnist_one_hot_and_normalized():
-    (x, t), (xv, tv) = load_bundled_mnist(flatten=False, one_hot_label=True)
+    (x, t), (_xv, tv) = load_bundled_mnist(flatten=False, one_hot_label=True)
     (_, t_int), (_, tv_int) = load_bundled_mnist()
     assert x.shape == (8000, 1, 28, 28) and x.dtype == np.float32
     assert t.shape == (8000, 10) and tv.shape == (2000, 10) and t.dtype == np.float32
@@ -278,6 +277,7 @@ def test_fetch_reports_every_mirror_when_all_fail(tmp_path):
 
 def test_fetch_offline_logs_nothing_and_draws_no_bar(tmp_path, capfd):
     import logging
+
     import pooch
 
     records = []
@@ -324,7 +324,7 @@ def test_load_mnist_uses_mirrors_and_cache(server, tmp_path, monkeypatch):
     monkeypatch.setattr(mnist, "MIRRORS", (closed_port_url(), url))
     monkeypatch.setenv("XPCONV_DATA", str(tmp_path / "envcache"))
 
-    (x, t), (xt, tt) = load_mnist(one_hot_label=True)
+    (x, t), (xt, _tt) = load_mnist(one_hot_label=True)
     assert x.shape == (6, 784) and x.dtype == np.float32 and xt.shape == (3, 784)
     assert t.shape == (6, 10) and t.argmax(1).tolist() == [0, 1, 2, 3, 4, 9]
     assert sorted(os.listdir(tmp_path / "envcache")) == sorted(contents)  # no pickle caches
@@ -380,7 +380,7 @@ def test_npz_dataset_explicit_test_split(tmp_path):
     np.savez(tmp_path / "d.npz", x=x, t=np.zeros(6, np.int64),
              x_test=np.full((3, 2, 2), 255, np.uint8), t_test=np.ones(3, np.int32))
     with pytest.warns(UserWarning, match=r"1 class\(es\) in the validation split never occur in training \(1\)"):
-        (xa, ta), (xb, tb) = load_npz_dataset(tmp_path / "d.npz")
+        (xa, _ta), (xb, tb) = load_npz_dataset(tmp_path / "d.npz")
     assert xa.shape == (6, 1, 2, 2) and xb.shape == (3, 1, 2, 2)
     assert xb.max() == 1.0 and tb.dtype == np.int64 and tb.tolist() == [1, 1, 1]
 
@@ -443,7 +443,7 @@ def test_npz_dataset_unreadable_files(tmp_path, kind):
 
 
 def test_load_dataset_bundled_defaults_to_nchw():
-    (x, t), (xv, tv) = load_dataset("mnist-bundled")
+    (x, t), (_xv, _tv) = load_dataset("mnist-bundled")
     assert x.shape == (8000, 1, 28, 28) and x.dtype == np.float32 and t.shape == (8000,)
     (x, t), _ = load_dataset("mnist-bundled", flatten=True, one_hot_label=True)
     assert x.shape == (8000, 784) and t.shape == (8000, 10)

@@ -10,13 +10,12 @@ import types
 
 import numpy as np
 import pytest
+from conftest import assert_on, make_backend
 
 import xpconv
-import xpconv.devices as devices
 import xpconv._backends as _backends
+import xpconv.devices as devices
 from xpconv._kernels import fastpaths
-
-from conftest import assert_on, make_backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

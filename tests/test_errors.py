@@ -9,11 +9,10 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import make_backend
 
 import xpconv
 from xpconv import functional as F
-
-from conftest import make_backend
 
 
 def ones(*shape, dtype="float64"):

@@ -13,16 +13,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, assert_on, make_backend
+from naive import (
+    avg_pool2d_backward_naive,
+    avg_pool2d_naive,
+    col2im_naive,
+    conv2d_backward_naive,
+    conv2d_naive,
+    im2col_naive,
+    max_pool2d_backward_naive,
+    max_pool2d_naive,
+    numerical_grad,
+    same_pads,
+    torch_pool_out_size,
+)
 
 import xpconv
-from xpconv import functional as F
-from xpconv import to_numpy
+from xpconv import functional as F, to_numpy
 from xpconv._kernels.geometry import window2d
-
-from conftest import BACKENDS, assert_on, make_backend
-from naive import (avg_pool2d_backward_naive, avg_pool2d_naive, col2im_naive, conv2d_backward_naive,
-                   conv2d_naive, im2col_naive, max_pool2d_backward_naive, max_pool2d_naive,
-                   numerical_grad, same_pads, torch_pool_out_size)
 
 TOL = {
     "float64": dict(rtol=1e-10, atol=1e-10),

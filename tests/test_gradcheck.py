@@ -3,12 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_on
 
 import xpconv
-from xpconv.gradcheck import (assert_gradients_close, compare_gradients, max_relative_error,
-                              numerical_gradient)
-
-from conftest import assert_on
+from xpconv.gradcheck import assert_gradients_close, compare_gradients, max_relative_error, numerical_gradient
 
 to_np = xpconv.to_numpy
 

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from xpconv import cli
-from xpconv.datasets import folder as folder_module
-from xpconv.datasets import load_dataset, load_evaluation_data, load_image_folder
+from xpconv.datasets import folder as folder_module, load_dataset, load_evaluation_data, load_image_folder
 
 Image = pytest.importorskip("PIL.Image", reason="image folders need Pillow (pip install 'xpconv[images]')")
 

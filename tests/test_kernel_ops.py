@@ -16,7 +16,7 @@ from xpconv import _backends, functional as F, workspace
 from xpconv._kernels import fastpaths
 
 torch = pytest.importorskip("torch", reason="the launch proxy counts torch's aten ops")
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode
 
 # views, allocations without a fill, metadata: no kernel launch
 NOT_LAUNCHES = {"view", "_unsafe_view", "as_strided", "t", "transpose", "permute", "expand", "slice",
@@ -110,7 +110,7 @@ def test_big_conv_at_the_gpu_default_is_few_chunks_and_launches(meta_is_a_gpu, c
 
 def test_big_conv_on_a_cpu_device_keeps_the_small_default(chunk_counts):
     x, w, b = _big_conv("meta")  # meta is not a GPU by default: the CPU's 8 MiB
-    y = F.conv2d(x, w, b, pad=1)
+    F.conv2d(x, w, b, pad=1)
     assert chunk_counts == [64]  # one 7 MiB sample per chunk
     with xpconv.workspace_limit(512 * 2**20):
         F.conv2d(x, w, b, pad=1)

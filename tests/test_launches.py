@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="the launch proxy counts torch ops")
 
-from xpconv.diagnostics.launches import LaunchCount, count_launches, simple_convnet_step_counts  # noqa: E402
+from xpconv.diagnostics.launches import LaunchCount, count_launches, simple_convnet_step_counts
 
 
 @pytest.mark.parametrize("dev", ["cpu", "meta"])
@@ -116,6 +116,7 @@ def test_simple_convnet_step_stays_within_the_op_budget():
 
 def _torch_step_inputs(batch=100, seed=0):
     import numpy as np
+
     import xpconv
     net = xpconv.SimpleConvNet(device="torch", seed=seed)
     rng = np.random.default_rng(seed)
@@ -157,6 +158,7 @@ def test_simple_convnet_step_ops_per_layer():
     (2), -sum(where(onehot, log_softmax, E))/N with E = where(any(onehot row), 0, NaN), the
     NaN of a bad label in 2 ops (7); backward (y - t) * dout/N. Adam: gather, then m and v in the same 3 ops."""
     import numpy as np
+
     from xpconv.models import SimpleConvNet
     from xpconv.optimizers import Adam
 

@@ -8,14 +8,13 @@ import warnings
 import numpy as np
 import pytest
 from array_api_compat import array_namespace
+from conftest import assert_on, make_backend
 
 import xpconv
 from xpconv.gradcheck import assert_gradients_close, numerical_gradient
 from xpconv.layers.basic import Affine, Dropout, Flatten, Relu, Sigmoid
 from xpconv.layers.loss import SoftmaxWithLoss, cross_entropy_error, softmax
 from xpconv.layers.normalization import BatchNormalization
-
-from conftest import assert_on, make_backend
 
 to_np = xpconv.to_numpy
 F64 = dict(rtol=1e-9, atol=1e-12)

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import BACKENDS, assert_on, make_backend
+from naive import (
+    avg_pool2d_backward_naive,
+    avg_pool2d_naive,
+    conv2d_backward_naive,
+    conv2d_naive,
+    max_pool2d_backward_naive,
+    max_pool2d_naive,
+    torch_pool_out_size,
+)
 
 import xpconv
-from xpconv import functional as F
-from xpconv import to_numpy
-
-from conftest import BACKENDS, assert_on, make_backend
-from naive import (avg_pool2d_backward_naive, avg_pool2d_naive, conv2d_backward_naive, conv2d_naive,
-                   max_pool2d_backward_naive, max_pool2d_naive, torch_pool_out_size)
+from xpconv import functional as F, to_numpy
 
 TOL = dict(rtol=1e-10, atol=1e-10)
 NOT_JAX = [spec for spec in BACKENDS if spec != "jax"]
@@ -70,7 +75,7 @@ def test_convolution_vs_functional_and_naive(spec, name, rng):
     close(dx, r["dx"])
     close(layer.dW, r["dW"])
     close(layer.db, r["db"])
-    fdx, fdW, fdb = F.conv2d_backward(dy, x, W, **r["opts"])
+    fdx, fdW, _fdb = F.conv2d_backward(dy, x, W, **r["opts"])
     close(y, to_numpy(F.conv2d(x, W, b, **r["opts"])), rtol=1e-12, atol=1e-12)
     close(dx, to_numpy(fdx), rtol=1e-12, atol=1e-12)
     close(layer.dW, to_numpy(fdW), rtol=1e-12, atol=1e-12)

@@ -4,7 +4,8 @@ On host NumPy, ``Sequential.gradient`` splits a batch of more than MICRO_BATCH s
 into equal parts, runs each on replicas of the layers and adds the parts' gradients.
 Checked here: the parts, agreement with the one-pass gradient (float64, tight), the
 layers' gradients and loss afterwards, weights rebound between calls, the networks that
-keep one pass, and bad labels; and ``accuracy``'s batches predicted on the workers. That the result does not depend on the thread count is
+keep one pass, and bad labels; and ``accuracy``'s batches predicted on the workers.
+That the result does not depend on the thread count is
 checked with the other ops in test_threads.py.
 """
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 import pytest
 
 import xpconv
-from xpconv.network import microbatch as _microbatch
 from xpconv.layers import Affine, BatchNormalization, Dropout, Relu
+from xpconv.network import microbatch as _microbatch
 
 SMALL = dict(input_dim=(1, 12, 12), conv_param={"filter_num": 6, "filter_size": 3, "pad": 1, "stride": 1},
              hidden_size=20, weight_init_std="he")

@@ -6,9 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
+from conftest import assert_on, make_backend
 
 import xpconv
-from conftest import assert_on, make_backend
 
 TINY = dict(input_dim=(1, 8, 8), conv_param={"filter_num": 3, "filter_size": 3, "pad": 0, "stride": 1},
             hidden_size=5, output_size=3, weight_init_std=0.3)
@@ -178,7 +178,7 @@ def test_inputs_from_another_device_are_refused(rng):
     dev1 = make_backend("array_api_strict:device1")
     cpu = make_backend("array_api_strict")
     net = xpconv.SimpleConvNet(**TINY, device=dev1, seed=0)
-    x, t = tiny_data(rng)
+    x, _t = tiny_data(rng)
     with pytest.raises(ValueError, match="SimpleConvNet: x .* on .*device1"):
         net.predict(cpu.asarray(x, dtype="float32"))
     assert_on(dev1, net.predict(dev1.asarray(x, dtype="float32")))   # on its device: fine
@@ -286,7 +286,7 @@ def test_lenet_backpropagates(activation, pool, rng):
 
 def test_sequential_composes_layers_with_batchnorm(tmp_path, rng):
     dev = xpconv.device("cpu")
-    W = lambda *s: dev.asarray(rng.standard_normal(s) * 0.3, dtype="float64")  # noqa: E731
+    W = lambda *s: dev.asarray(rng.standard_normal(s) * 0.3, dtype="float64")
     net = xpconv.Sequential([
         ("conv", xpconv.Convolution(W(4, 1, 3, 3), W(4), pad="same")),
         ("bn", xpconv.BatchNormalization(dev.asarray(np.ones(4)), dev.asarray(np.zeros(4)))),

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_on, make_backend
 
 import xpconv
-from xpconv.optimizers import (SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop,
-                               get_optimizer)
-
 from xpconv.devices import dtype_name
-
-from conftest import assert_on, make_backend
+from xpconv.optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, get_optimizer
 
 to_np = xpconv.to_numpy
 

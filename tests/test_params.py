@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_on, make_backend
 
 import xpconv
 from xpconv.optimizers import SGD
-
-from conftest import assert_on, make_backend
 
 TINY = dict(input_dim=(1, 8, 8), conv_param={"filter_num": 3, "filter_size": 3, "pad": 0, "stride": 1},
             hidden_size=5, output_size=3, weight_init_std=0.3)

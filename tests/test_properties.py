@@ -17,13 +17,20 @@ import numpy as np
 import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip install '.[test]')")
-from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, given, settings, strategies as st
+from naive import (
+    avg_pool2d_backward_naive,
+    avg_pool2d_naive,
+    conv2d_backward_naive,
+    conv2d_naive,
+    im2col_naive,
+    max_pool2d_backward_naive,
+    max_pool2d_naive,
+    same_pads,
+)
 
-import xpconv  # noqa: E402
-from xpconv import functional as F, to_numpy  # noqa: E402
-
-from naive import (avg_pool2d_backward_naive, avg_pool2d_naive, conv2d_backward_naive,  # noqa: E402
-                   conv2d_naive, im2col_naive, max_pool2d_backward_naive, max_pool2d_naive, same_pads)
+import xpconv
+from xpconv import functional as F, to_numpy
 
 PROPERTY = settings(max_examples=100, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow])

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from naive import (avg_pool2d_backward_naive, avg_pool2d_naive, col2im_naive, conv2d_backward_naive,
-                   conv2d_naive, im2col_naive, max_pool2d_backward_naive, max_pool2d_naive)
+from naive import (
+    avg_pool2d_backward_naive,
+    avg_pool2d_naive,
+    col2im_naive,
+    conv2d_backward_naive,
+    conv2d_naive,
+    im2col_naive,
+    max_pool2d_backward_naive,
+    max_pool2d_naive,
+)
 
 from xpconv.diagnostics import reference
 

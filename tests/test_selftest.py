@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import make_backend
 
 import xpconv
 from xpconv import cli, functional as F
 from xpconv.diagnostics import selftest
-
-from conftest import make_backend
 
 CPU_DEVICES = ["cpu", "array_api_strict", "array_api_strict:device1", "torch", "jax"]
 QUICK = ["--batch-size", "4", "--repeat", "1", "--warmup", "0"]   # JAX compiles every new op shape

@@ -12,7 +12,6 @@ import zipfile
 
 import numpy as np
 import pytest
-
 from conftest import peak_traced_bytes
 
 import xpconv.serialization as serialization
@@ -311,7 +310,7 @@ def test_huge_declared_shape_is_a_clear_error(tmp_path):
                           [bytes(8)])
     for limit in (None, 10**14):
         peak = peak_traced_bytes(_raises(ValueError, r"declares shape \(1000000000000,\) float64",
-                                   lambda: load_arrays(path, max_bytes=limit)))
+                                   lambda limit=limit: load_arrays(path, max_bytes=limit)))
         assert peak < 1 << 20
 
 

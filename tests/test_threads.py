@@ -15,9 +15,9 @@ import threading
 
 import numpy as np
 import pytest
+from conftest import traced_extra_bytes
 
 import xpconv
-from conftest import traced_extra_bytes
 from xpconv import functional as F, threads, workspace
 from xpconv.network import microbatch as _microbatch
 
@@ -320,7 +320,7 @@ def test_conv_forward_backward_do_not_depend_on_the_thread_count(case, dtype, li
 def _reference_conv(x, w, b, s, p, g):
     """Naive grouped convolution, float64."""
     x = np.pad(x.astype(np.float64), ((0, 0), (0, 0), (p, p), (p, p)))
-    N, C, H, W = x.shape
+    N, _C, H, _W = x.shape
     FN, Cg, k, _ = w.shape
     OH = (H - k) // s + 1
     y = np.empty((N, FN, OH, OH))

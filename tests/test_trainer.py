@@ -161,7 +161,7 @@ def test_data_already_on_the_device_is_used_where_it_is(small_mnist):
 
 
 def test_single_class_training_data_warns(small_mnist):
-    x, t, xv, tv = (a[:50] for a in small_mnist)
+    x, _t, xv, tv = (a[:50] for a in small_mnist)
     with pytest.warns(UserWarning, match=r"Trainer: every training label is class 3"):
         xpconv.Trainer(small_net(), x, np.full(50, 3), xv, tv, verbose=False, seed=0)
 
@@ -242,6 +242,7 @@ def test_a_training_step_never_waits_for_the_device(monkeypatch):
     epoch is uploaded once."""
     pytest.importorskip("torch", reason="torch not installed: the sync counter needs it")
     from torch_counter import count
+
     import xpconv.trainer
     rng = np.random.default_rng(1)
     x = rng.standard_normal((400, 8)).astype(np.float32)

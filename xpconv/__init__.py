@@ -10,14 +10,25 @@ array-api-strict.
 from . import datasets, distributed, functional
 from .devices import Device, available_devices, device, to_numpy
 from .gradcheck import numerical_gradient
-from .layers import (Affine, BatchNormalization, Convolution, Dropout, Flatten, Pooling, Relu,
-                     Sigmoid, SoftmaxWithLoss, cross_entropy_error, softmax)
+from .layers import (
+                     Affine,
+                     BatchNormalization,
+                     Convolution,
+                     Dropout,
+                     Flatten,
+                     Pooling,
+                     Relu,
+                     Sigmoid,
+                     SoftmaxWithLoss,
+                     cross_entropy_error,
+                     softmax,
+)
+from .model_io import load_model
 from .models import DeepConvNet, LeNet, SimpleConvNet
 from .network import Parameters, Sequential
 from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, get_optimizer
-from .model_io import load_model
-from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from .threads import get_num_threads, set_num_threads
+from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from .workspace import get_workspace_limit, set_workspace_limit, workspace_limit
 
 __version__ = "0.1.0"

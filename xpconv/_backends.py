@@ -16,6 +16,7 @@ import numpy
 
 from . import devices as _devices
 
+
 class Backend:
     """What xpconv needs to know about one array library; one subclass per library.
 
@@ -147,8 +148,8 @@ class _TorchBackend(Backend):
     def make(self, spec, where):
         if not importable("torch"):
             unusable(f"torch:{where}" if where else "torch", "PyTorch is not installed")
-        import torch
         import array_api_compat.torch as xp
+        import torch
         try:
             native = torch.device(where or "cpu")
             if native.type == "cuda":
@@ -300,7 +301,7 @@ def cupy_problem() -> str:
     return _cupy_status()[1]
 
 
-_CUPY_STATUS: "tuple[int, str] | None" = None
+_CUPY_STATUS: tuple[int, str] | None = None
 
 
 def _cupy_status() -> tuple[int, str]:

@@ -26,9 +26,15 @@ from typing import Any
 import array_api_compat
 import numpy
 
-from ._backends import (BACKENDS as _BACKENDS, GENERIC as _GENERIC, backend_of as _backend_of,
-                        cupy_gpu_count as _cupy_gpu_count, is_foreign_array as _is_foreign_array,
-                        unusable as _unusable)
+from ._backends import (
+    BACKENDS as _BACKENDS,
+    GENERIC as _GENERIC,
+    Backend as _Backend,
+    backend_of as _backend_of,
+    cupy_gpu_count as _cupy_gpu_count,
+    is_foreign_array as _is_foreign_array,
+    unusable as _unusable,
+)
 
 __all__ = ["Device", "device", "available_devices", "to_numpy", "device_scope", "from_host",
            "device_of", "dtype_name", "is_host_numpy", "host_rng", "default_workspace",
@@ -105,14 +111,14 @@ class Device:
         what = f"a {type(obj).__module__}.{type(obj).__name__}"
         try:
             where = f" on {_backend_of(obj).spec_of(array_api_compat.device(obj))}"
-        except Exception:  # noqa: BLE001 -- only for the message
+        except Exception:
             where = ""
         how = ("move it first: to this device with its own library (e.g. torch's x.to(...), "
                "jax.device_put), or through the host with xpconv.to_numpy(x)")
         try:
             with self.scope():
                 out = _BACKENDS[self.library].from_dlpack(self.xp, obj, self.native)
-        except Exception as exc:  # noqa: BLE001 -- BufferError, RuntimeError, ... differ per library
+        except Exception as exc:
             why = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise TypeError(f"{self}.asarray: cannot share {what}{where} through DLPack ({why}); {how}") from None
         if array_api_compat.device(out) != self.native:
@@ -150,7 +156,7 @@ class Device:
         return _BACKENDS[self.library].is_gpu(self.native)
 
 
-def device(spec: "str | Device" = "cpu") -> Device:
+def device(spec: str | Device = "cpu") -> Device:
     """Resolve a spec string (see module docstring) to a :class:`Device`.
 
     Raises:
@@ -245,6 +251,7 @@ GPU_WORKSPACE = 512 * 2**20   # a big conv's whole batch in one chunk: few kerne
 def default_workspace(where) -> int:
     """Default workspace limit in bytes for a :class:`Device` or an array's device:
     ``GPU_WORKSPACE`` (512 MiB) on a GPU, ``CPU_WORKSPACE`` (8 MiB) elsewhere."""
+    backend: _Backend
     if isinstance(where, Device):
         backend, native = _BACKENDS[where.library], where.native
     else:

@@ -193,5 +193,5 @@ def _scale_module():
     return Scale
 
 
-def _Scale(factor):  # noqa: N802 - a factory that reads as a class
+def _Scale(factor):
     return _scale_module()(factor)

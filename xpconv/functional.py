@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ._kernels import conv as _conv, pool as _pool
 from ._kernels.checks import check_floating, check_grad, check_ndim, check_same_place
-from ._kernels.geometry import Window2d, pair, window2d, _is_int
+from ._kernels.geometry import Window2d, _is_int, pair, window2d
 from .devices import device_scope
 
 __all__ = [

@@ -10,7 +10,6 @@ import os
 
 import numpy as np
 
-
 __all__ = ["read_input"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
@@ -55,7 +54,7 @@ def read_input(path: str | os.PathLike, channels: int, size: tuple[int, int], *,
                 if not resize:
                     raise ValueError(f"{path}: image of {img.size[0]}x{img.size[1]} pixels; the model takes "
                                      f"{size[1]}x{size[0]} (use --resize)")
-                img = img.resize((size[1], size[0]), Image.BILINEAR)
+                img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             x = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from None

@@ -51,7 +51,7 @@ def confusion_matrix(t: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray
     return out
 
 
-def evaluate(net, x, t, *, batch_size: int = 500, classes=None) -> "tuple[Evaluation, np.ndarray]":
+def evaluate(net, x, t, *, batch_size: int = 500, classes=None) -> tuple[Evaluation, np.ndarray]:
     """Evaluate ``net`` on (x, t): x (N, C, H, W) host data (uint8 by the model's rule),
     t (N,) integer labels. Returns the :class:`Evaluation` and the (N, K) float64
     probabilities (host), for pictures such as the misclassified grid."""

@@ -29,7 +29,7 @@ _LAYER_ARRAYS = {"Convolution": ("W", "b"), "Affine": ("W", "b"),
                  "BatchNormalization": ("gamma", "beta", "running_mean", "running_var")}
 
 
-def architecture(net) -> "dict | None":
+def architecture(net) -> dict | None:
     """The JSON-able description :func:`load_model` rebuilds ``net`` from, or None when
     ``net`` holds a layer or loss that xpconv cannot rebuild."""
     from . import models
@@ -51,7 +51,7 @@ def architecture(net) -> "dict | None":
     return {"class": "Sequential", "layers": layers, "param_names": names}
 
 
-def load_model(path: str | os.PathLike, device: "str | Device" = "cpu", dtype: str | None = None):
+def load_model(path: str | os.PathLike, device: str | Device = "cpu", dtype: str | None = None):
     """Rebuild the network saved in ``path`` (by ``save_params`` or ``xpconv train --save``)
     on ``device``, with its weights, running statistics and architecture.
 

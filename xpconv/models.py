@@ -58,8 +58,9 @@ def _input_dim(who, input_dim) -> tuple[int, int, int]:
     if not isinstance(input_dim, (tuple, list)) or len(input_dim) != 3:
         raise ValueError(f"{who}: expected input_dim (C, H, W) of one image, e.g. (1, 28, 28) for "
                          f"MNIST; got {input_dim!r}")
-    return tuple(as_index(who, f"input_dim[{i}] ({name})", v, minimum=1)
-                 for i, (v, name) in enumerate(zip(input_dim, "CHW")))
+    C, H, W = (as_index(who, f"input_dim[{i}] ({name})", v, minimum=1)
+               for i, (v, name) in enumerate(zip(input_dim, "CHW")))
+    return C, H, W
 
 
 def _conv_param(who, param, name, defaults) -> dict:
@@ -128,7 +129,7 @@ class SimpleConvNet(Sequential):
         ph, pw = _out_hw("SimpleConvNet pool", (oh, ow), 2, 2)
         pool_output_size = fn * ph * pw
         init = _Init(who, device, dtype, seed)
-        std = lambda fan_in: _std(who, weight_init_std, fan_in)  # noqa: E731
+        std = lambda fan_in: _std(who, weight_init_std, fan_in)
         W1 = init.normal((fn, C, fs, fs), std(C * fs * fs))
         W2 = init.normal((pool_output_size, hidden_size), std(pool_output_size))
         W3 = init.normal((hidden_size, output_size), std(hidden_size))
@@ -225,7 +226,7 @@ class LeNet(Sequential):
         output_size = as_index(who, "output_size", output_size, minimum=1)
         init = _Init(who, device, dtype, seed)
         gain = 2.0 if activation == "relu" else 1.0
-        std = lambda fan_in: math.sqrt(gain / fan_in)  # noqa: E731
+        std = lambda fan_in: math.sqrt(gain / fan_in)
         H, W = _out_hw("LeNet pool", _out_hw("LeNet conv", (H, W), 5, 1, 2), 2, 2)
         H, W = _out_hw("LeNet pool", _out_hw("LeNet conv", (H, W), 5), 2, 2)
         flat = 16 * H * W

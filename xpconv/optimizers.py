@@ -33,9 +33,9 @@ import math
 from array_api_compat import array_namespace, device as array_device
 
 from ._kernels.checks import check_floating, check_same_place
-from .network.flat import FlatGroup, gather
 from ._kernels.fastpaths import constant, prefers_fewer_ops
 from .devices import device_of, device_scope, dtype_name, to_numpy
+from .network.flat import FlatGroup, gather
 
 __all__ = ["SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get_optimizer"]
 
@@ -299,6 +299,8 @@ class Adam(Optimizer):
     """
 
     _state = ("m", "v")
+    m: dict
+    v: dict
 
     def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
         super().__init__(lr)

@@ -41,7 +41,7 @@ class Schedule:
         self.step_size, self.gamma = step_size, float(gamma)
         self.patience, self.reduce_by, self.min_factor = patience, float(reduce_by), float(min_factor)
         self.total_steps = 1
-        self._plateau = {"factor": 1.0, "best": None, "bad_epochs": 0}
+        self._plateau: dict = {"factor": 1.0, "best": None, "bad_epochs": 0}
 
     def describe(self) -> dict:
         """The settings (part of a run's identity: a checkpoint with others is refused)."""

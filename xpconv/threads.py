@@ -74,9 +74,28 @@ def _threads_from_env(default: int) -> int:
     return n
 
 
-DEFAULT_THREADS = usable_cores()   # as torch.get_num_threads()
+# set by MPI launchers (MPICH/Hydra, Open MPI, MVAPICH, Slurm) in every rank: ranks on this machine
+_LOCAL_RANK_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
+                    "SLURM_NTASKS_PER_NODE")
+_BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def local_ranks() -> int:
+    """How many ranks of an MPI job share this machine (1 outside a job), from the launcher's
+    environment: no variable needs to be set by hand."""
+    for name in _LOCAL_RANK_VARS:
+        text = os.environ.get(name, "").split("(")[0].split(",")[0].strip()   # Slurm: "2(x3)"
+        if text.isdigit() and int(text) >= 1:
+            return int(text)
+    return 1
+
+
+# the default: the usable cores, shared by the ranks of an MPI job on this machine (each gets
+# cores / local ranks), so that ranks never fight over the cores (as torch.get_num_threads()
+# for one process)
+DEFAULT_THREADS = max(1, usable_cores() // local_ranks())
 _num_threads: int = _threads_from_env(DEFAULT_THREADS)
-_pool: "concurrent.futures.ThreadPoolExecutor | None" = None
+_pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
 _blas = None          # threadpoolctl.ThreadpoolController, built on first parallel use
@@ -91,6 +110,30 @@ def _forget_pool_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
+
+
+def share_cores_between_ranks() -> dict:
+    """In an MPI job with several ranks on this machine, limit BLAS (``threadpoolctl``) and
+    torch (when imported) to this rank's share of the cores, as xpconv's own threads are:
+    ``usable cores // local ranks``. An explicit setting wins: nothing is changed for BLAS
+    when ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` is set, nor for
+    torch when ``torch.set_num_threads`` was given another count than torch's default.
+    Called by :func:`xpconv.distributed.init`. Returns what was set, e.g.
+    ``{"blas": 1, "torch": 1}``."""
+    import sys
+    done: dict = {}
+    if local_ranks() <= 1:
+        return done
+    share = DEFAULT_THREADS
+    if not any(os.environ.get(v) for v in _BLAS_VARS):
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(limits=share, user_api="blas")
+        done["blas"] = share
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.get_num_threads() == usable_cores():
+        torch.set_num_threads(share)
+        done["torch"] = share
+    return done
 
 
 def get_num_threads() -> int:
@@ -125,7 +168,7 @@ def workers_for(like, op_bytes: int) -> int:
     return 1 if op_bytes < MIN_THREADED_BYTES else workers(like)
 
 
-def imap_chunks(fn, chunks: "list[tuple[int, int]]", n: int):
+def imap_chunks(fn, chunks: list[tuple[int, int]], n: int):
     """Yield ``fn(start, stop)`` for each chunk, in the order of ``chunks``.
 
     With ``n > 1`` the jobs run on the pool, at most ``n`` at once, counting a result
@@ -146,16 +189,17 @@ def imap_chunks(fn, chunks: "list[tuple[int, int]]", n: int):
         finally:
             _in_worker.active = False
 
-    pool, todo, running = _get_pool(n), iter(chunks), collections.deque()
+    pool, todo = _get_pool(n), iter(chunks)
+    running: collections.deque = collections.deque()
     try:
         with _blas_one_thread():
             for chunk in itertools.islice(todo, n):
                 running.append(pool.submit(job, chunk))
             while running:
                 yield running.popleft().result()
-                chunk = next(todo, None)   # handed out once the consumer is done with a result
-                if chunk is not None:
-                    running.append(pool.submit(job, chunk))
+                following = next(todo, None)   # handed out once the consumer is done with a result
+                if following is not None:
+                    running.append(pool.submit(job, following))
     finally:   # an error, or a consumer that stops early: no job is left writing
         for future in running:
             future.cancel()

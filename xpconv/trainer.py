@@ -27,8 +27,7 @@ from array_api_compat import array_namespace, is_array_api_obj
 
 from . import checkpoint as ckpt
 from ._kernels.checks import check_labels
-from .devices import device as resolve_device, device_scope, dtype_name, from_host, host_rng, \
-    is_host_numpy, to_numpy
+from .devices import device as resolve_device, device_scope, dtype_name, from_host, host_rng, is_host_numpy, to_numpy
 from .optimizers import get_optimizer
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted"]
@@ -50,7 +49,7 @@ class TrainingInterrupted(Exception):
         exit_code: ``128 + signum`` (143 for SIGTERM, 130 for SIGINT), what a shell expects.
     """
 
-    def __init__(self, signum: int, path: "Path | None", where: str):
+    def __init__(self, signum: int, path: Path | None, where: str):
         self.signum, self.path, self.exit_code = signum, path, 128 + signum
         name = signal.Signals(signum).name
         saved = (f"checkpoint written to {path} ({where}); run the same command again to resume"
@@ -343,10 +342,10 @@ class Trainer:
                 "batch_size": self.batch_size, "seed": self.seed, "data": self._data_digest,
                 "schedule": self.schedule.describe(), "early_stop": self.early_stop}
 
-    def _last_path(self) -> "Path | None":
+    def _last_path(self) -> Path | None:
         return None if self.checkpoint is None else ckpt.last_path(self.checkpoint)
 
-    def _save_checkpoint(self, force: bool = False) -> "Path | None":
+    def _save_checkpoint(self, force: bool = False) -> Path | None:
         """Write ``last.npz`` (rank 0, or any rank when ``force``: every rank holds the same
         state, and a signalled rank must not wait for rank 0). Returns its path."""
         path = self._last_path()
@@ -367,7 +366,7 @@ class Trainer:
                                          opt_arrays, self._order if self._order is not None else numpy.zeros(0)))
         return path
 
-    def _load_checkpoint(self) -> "ckpt.Checkpoint | None":
+    def _load_checkpoint(self) -> ckpt.Checkpoint | None:
         """Restore the state of ``checkpoint/last.npz`` if there is one (and not ``restart``)."""
         path = self._last_path()
         if path is None or self.restart or not path.exists():
@@ -486,7 +485,7 @@ class Trainer:
         values, self._pending = self._pending, []
         predict = getattr(self.network, "predict", None)
         probe = last_batch is not None and callable(predict)
-        if probe:
+        if probe and predict is not None:
             y = predict(last_batch)
             with device_scope(y):
                 xp = array_namespace(y)
@@ -628,7 +627,7 @@ def _digest(*arrays) -> str:
             continue
         host = numpy.ascontiguousarray(to_numpy(a))
         h.update(f"{host.shape}{host.dtype}".encode())
-        h.update(memoryview(host).cast("B"))
+        h.update(host.tobytes())
     return h.hexdigest()
 
 

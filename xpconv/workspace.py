@@ -54,7 +54,7 @@ def _limit_from_env(default):
 
 
 # the override on every device (None: the per-device default)
-_override: "int | None" = _limit_from_env(None)
+_override: int | None = _limit_from_env(None)
 
 
 def default_limit(where=None) -> int:
@@ -68,7 +68,7 @@ def get_workspace_limit(where=None) -> int:
     return _override if _override is not None else default_limit(where)
 
 
-def set_workspace_limit(nbytes: "int | None") -> None:
+def set_workspace_limit(nbytes: int | None) -> None:
     """Set the limit in bytes on every device (at least one sample is always processed
     per chunk); None restores the per-device default."""
     global _override
@@ -79,7 +79,7 @@ def set_workspace_limit(nbytes: "int | None") -> None:
 
 
 @contextlib.contextmanager
-def workspace_limit(nbytes: "int | None"):
+def workspace_limit(nbytes: int | None):
     """Temporarily set the limit in bytes (None: the per-device default)."""
     old = _override
     set_workspace_limit(nbytes)
@@ -100,7 +100,7 @@ def batch_chunks(n: int, bytes_per_sample: int, like=None, workers: int = 1) -> 
     return [(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)] or [(0, 0)]
 
 
-def chunked(n: int, bytes_per_sample: int, like) -> "tuple[list[tuple[int, int]], int]":
+def chunked(n: int, bytes_per_sample: int, like) -> tuple[list[tuple[int, int]], int]:
     """The chunks of an op over a batch of ``n`` samples and the workers that take them
     (``threads.workers_for``: more than one only on host NumPy, for a large op).
 

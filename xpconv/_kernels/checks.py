@@ -74,8 +74,8 @@ def _library(x) -> str:
 
 # ---------------------------------------------------------------------------- class labels
 
-def check_labels(who: str, t, n: int, k: "int | None" = None, *, name: str = "t",
-                 check_values: "bool | None" = None):
+def check_labels(who: str, t, n: int, k: int | None = None, *, name: str = "t",
+                 check_values: bool | None = None):
     """The one rule for class labels (losses, ``accuracy``, ``Trainer``); returns ``t`` normalized.
 
     Accepted, for N samples and K classes:

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from array_api_compat import array_namespace, device
 
-from . import windows as _windows
 from .. import threads
-from .geometry import Window2d
 from ..devices import is_host_numpy
 from ..workspace import chunked, itemsize, set_rows
+from . import windows as _windows
+from .geometry import Window2d
 
 
 def im2col_unchecked(x, geom: Window2d):
@@ -139,7 +139,7 @@ def _sample_scratch(x, w, geom: Window2d, groups: int) -> int:
     padded input (C*Hp*Wp), one chunk's output (FN*P) or input gradient (C*H*W), and the
     per-sample filter gradients summed into dw (FN*C/G*K).
     """
-    N, C, H, W = x.shape
+    _N, C, H, W = x.shape
     FN = w.shape[0]
     (pt, pb), (pl, pr) = geom.pads
     P = geom.h.out * geom.w.out

@@ -47,7 +47,7 @@ class Axis:
         start = i * self.d
         return slice(start, start + self.s * (self.out - 1) + 1, self.s)
 
-    def tap_inside(self, i: int) -> "tuple[slice, slice] | None":
+    def tap_inside(self, i: int) -> tuple[slice, slice] | None:
         """For kernel tap ``i``: (input slice, output slice) of the positions that fall
         inside the unpadded input, or None if every position is padding.
 
@@ -181,7 +181,7 @@ def _pads(who: str, pad) -> tuple[tuple[int, int], tuple[int, int]]:
     else:
         raise TypeError(f"{who}: expected pad to be an int, (ph, pw), ((top, bottom), (left, right)) "
                         f"or one of {PAD_WORDS}; got {pad!r}")
-    pads = tuple(tuple(int(p) for p in pair_) for pair_ in pads)
+    pads = tuple(tuple(int(p) for p in pair_) for pair_ in pads)  # type: ignore[assignment]
     if min(min(p) for p in pads) < 0:
         raise ValueError(f"{who}: expected padding >= 0; got {pad!r}")
     return pads

@@ -24,13 +24,15 @@ input holds.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
-from . import windows as _windows
-from .geometry import Window2d
-from .fastpaths import constant, keep_where, prefers_fewer_ops
 from ..workspace import itemsize, map_batch
+from . import windows as _windows
+from .fastpaths import constant, keep_where, prefers_fewer_ops
+from .geometry import Window2d
 
 _BOOL_BYTES = 1
 
@@ -64,7 +66,7 @@ def _max_pool2d_separable(x, geom: Window2d):
     for j in range(geom.w.k):                      # (n, C, Hp, OW)
         tap = x[:, :, :, geom.w.tap(j)]
         y = tap if y is None else xp.maximum(y, tap)
-    rows = y
+    rows: Any = y
     y = None
     for i in range(geom.h.k):                      # (n, C, OH, OW)
         tap = rows[:, :, geom.h.tap(i), :]
@@ -85,9 +87,10 @@ def max_pool2d_backward_unchecked(dy, x, y, geom: Window2d):
     As PyTorch: a window's gradient goes to its first maximum in row-major order; in a
     window holding NaN (so ``y`` is NaN) it goes to the last NaN.
     """
-    N, C, H, W = x.shape
+    _N, C, H, W = x.shape
     (Hp, Wp), (OH, OW) = _padded_hw(geom), geom.out_hw
     size = itemsize(x)
+    kernel: Any
     if geom.blocks and prefers_fewer_ops(x):
         kernel = _max_pool2d_backward_blocks
         # at most: hit (bool) and two scores, input-sized; a cropped copy and the cropped dx
@@ -221,7 +224,7 @@ def _avg_pool2d_chunk(x, geom: Window2d, count_include_pad: bool):
 
 def avg_pool2d_backward_unchecked(dy, x, geom: Window2d, count_include_pad: bool):
     """Backward of mean pooling: ``dy / divisor`` spread evenly over each window."""
-    N, C, H, W = x.shape
+    _N, C, H, W = x.shape
     OH, OW = geom.out_hw
     scratch = C * (H * W + 2 * OH * OW) * itemsize(x)       # dx of the chunk, the share, an add
     return map_batch(lambda d, xc: _avg_pool2d_backward_chunk(d, xc, geom, count_include_pad),

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import fnmatch
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class Contender:
     device_class = "cpu"
     is_baseline = True
     isolated = False
-    threads: "int | None" = None
+    threads: int | None = None
 
     def __init__(self):
         self.error: str | None = None
@@ -162,7 +163,7 @@ def torch_simple_convnet(torch: Any) -> Any:
 class TorchContender(Contender):
     """PyTorch (``torch.nn.functional``) on "cpu" or "cuda" (cuDNN, no TF32)."""
 
-    def __init__(self, device: str, threads: "int | None" = None):
+    def __init__(self, device: str, threads: int | None = None):
         super().__init__()
         self.device = device
         self.device_class = device
@@ -255,7 +256,7 @@ class XpconvContender(Contender):
 
     is_baseline = False
 
-    def __init__(self, spec: str, threads: "int | None" = None):
+    def __init__(self, spec: str, threads: int | None = None):
         super().__init__()
         self.spec = spec
         self.threads = threads

@@ -65,6 +65,7 @@ def _xpconv_version() -> str | None:
 
 def collect_environment(command: str, uses_cuda: bool) -> dict[str, Any]:
     """Machine and software description stored with the results."""
+    blas: Any
     try:
         blas = np.show_config(mode="dicts").get("Build Dependencies")
     except Exception as exc:

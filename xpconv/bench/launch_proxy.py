@@ -11,7 +11,8 @@ the chunk count decides the op count.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..devices import GPU_WORKSPACE
 from ..workspace import workspace_limit

@@ -43,7 +43,7 @@ class Measurement:
     memory: dict | None = None
 
     @classmethod
-    def failed(cls, error: str, n: int | None = None) -> "Measurement":
+    def failed(cls, error: str, n: int | None = None) -> Measurement:
         return cls(error=error, n=n)
 
     @property
@@ -86,7 +86,7 @@ class Measurement:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "Measurement":
+    def from_dict(cls, d: dict[str, Any]) -> Measurement:
         return cls(samples_ms=list(d.get("samples_ms", [])), error=d.get("error"), n=d.get("n"),
                    gflops=d.get("gflops"), pct_ceiling=d.get("pct_ceiling"), gbps=d.get("gbps"),
                    memory=d.get("memory"))
@@ -100,7 +100,7 @@ class Ceiling:
     runs: list[Measurement]
 
     @classmethod
-    def from_runs(cls, first: Measurement, last: Measurement | None) -> "Ceiling":
+    def from_runs(cls, first: Measurement, last: Measurement | None) -> Ceiling:
         runs = [first, last if last is not None else Measurement.failed("not measured")]
         timed = [r for r in runs if r.gflops is not None]
         return cls(max(timed, key=lambda r: r.gflops or 0.0) if timed else first, runs)

@@ -61,7 +61,7 @@ def time_all(contenders: list[Contender], cases: list[Case], opts: argparse.Name
 
 
 def _parts_to_json(first, timed, last, error) -> dict:
-    dump = lambda part: {name: m.to_dict() for name, m in part.items()}  # noqa: E731
+    dump = lambda part: {name: m.to_dict() for name, m in part.items()}
     return {"first": dump(first), "timed": [dump(t) for t in timed], "last": dump(last), "error": error}
 
 
@@ -91,7 +91,7 @@ def run_isolated(contender: Contender, opts: argparse.Namespace) -> tuple[TimedP
         text = f"isolated run failed ({why})"
         failed = {contender.name: Measurement.failed(text)}
         return (failed, [dict(failed) for _ in chosen_cases(opts)], dict(failed)), text
-    load = lambda part: {name: Measurement.from_dict(d) for name, d in part.items()}  # noqa: E731
+    load = lambda part: {name: Measurement.from_dict(d) for name, d in part.items()}
     return (load(record["first"]), [load(t) for t in record["timed"]], load(record["last"])), record["error"]
 
 

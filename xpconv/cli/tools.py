@@ -76,6 +76,7 @@ def _filters(args) -> int:
 
 def _convert(args) -> int:
     import os
+
     from ..serialization import load_arrays, save_arrays
     arrays, metadata = load_arrays(args.source, who="convert")
     if os.path.exists(args.target) and os.path.samefile(args.source, args.target):

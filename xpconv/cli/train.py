@@ -8,8 +8,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .common import (MODELS, OPTIMIZERS, check_free_space, check_writable, non_negative_int, optimizer_name,
-                     positive_int)
+from .common import MODELS, OPTIMIZERS, check_free_space, check_writable, non_negative_int, optimizer_name, positive_int
 
 MAX_CLASSES = 10_000   # labels must be 0..K-1 with K at most this (the output layer has K units)
 

@@ -114,7 +114,7 @@ def _header(Image, path: Path, who: str) -> tuple[tuple[int, int], str]:
     try:
         with Image.open(path) as img:
             return img.size, img.mode
-    except Exception as exc:  # noqa: BLE001 -- UnidentifiedImageError, decompression bomb, ...
+    except Exception as exc:
         raise _fail(path, exc, who) from None
 
 
@@ -129,7 +129,7 @@ def _decode(Image, path: Path, mode: str, size, who: str) -> np.ndarray:
             if size is not None and img.size != (size[1], size[0]):
                 img = img.resize((size[1], size[0]), Image.BILINEAR)
             a = np.asarray(img, dtype=np.uint8)
-    except Exception as exc:  # noqa: BLE001 -- truncated or corrupt pixel data
+    except Exception as exc:
         raise _fail(path, exc, who) from None
     return a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
 

@@ -19,7 +19,7 @@ import numpy as np
 __all__ = ["read_idx", "parse_idx"]
 
 #: IDX element type code -> big-endian numpy dtype.
-IDX_DTYPES = {
+IDX_DTYPES: dict[int, np.dtype] = {
     0x08: np.dtype(">u1"),
     0x09: np.dtype(">i1"),
     0x0B: np.dtype(">i2"),

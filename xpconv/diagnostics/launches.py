@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import traceback
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from .._kernels.fastpaths import as_on_a_gpu
 
@@ -72,7 +72,7 @@ class LaunchCount:
 
 
 @contextmanager
-def count_launches(*, forbid_syncs: bool = False, device: "str | None" = None) -> Iterator[LaunchCount]:
+def count_launches(*, forbid_syncs: bool = False, device: str | None = None) -> Iterator[LaunchCount]:
     """Count aten ops reaching the torch backend (each would be >= 1 CUDA kernel launch) and
     blocking device->host syncs, while the block runs torch code.
 
@@ -229,7 +229,7 @@ def simple_convnet_step_counts(batch: int = 100, device: str = "meta", *, seed: 
     x, t = net.device.asarray(x_host), net.device.asarray(t_host)
     opt = Adam()
     results = {}
-    for step in range(2):
+    for _ in range(2):
         with count_launches(device=mode) as counted:
             grads = net.gradient(x, t)
             opt.update(net.params, grads)
@@ -241,7 +241,7 @@ def simple_convnet_step_counts(batch: int = 100, device: str = "meta", *, seed: 
                                 torch.nn.Linear(100, 10)).to(device)
     native_opt = torch.optim.Adam(model.parameters(), foreach=True)
     xt, tt = torch.as_tensor(x_host, device=device), torch.as_tensor(t_host, device=device)
-    for step in range(2):
+    for _ in range(2):
         with count_launches(device=mode) as counted:
             native_opt.zero_grad(set_to_none=True)
             loss = torch.nn.functional.cross_entropy(model(xt), tt)

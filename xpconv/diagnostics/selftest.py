@@ -32,9 +32,9 @@ import numpy as np
 from array_api_compat import array_namespace, device as array_device
 
 from .. import functional as F
-from . import reference
 from ..devices import Device, device as resolve_device, dtype_name, to_numpy
 from ..workspace import workspace_limit
+from . import reference
 
 __all__ = ["Check", "Report", "run", "TOLERANCES"]
 
@@ -49,7 +49,7 @@ class Check:
 
     name: str
     passed: bool
-    error: "float | None"
+    error: float | None
     tolerance: float
     message: str = ""
 

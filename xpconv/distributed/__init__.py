@@ -30,6 +30,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 import array_api_compat
 import numpy
@@ -55,10 +56,10 @@ class DistributedUnavailable(RuntimeError):
 
 # ============================================================================ the communicator
 
-_WORLD: "Communicator | None" = None
+_WORLD: Communicator | None = None
 
 
-def init(transport: str = "host", *, mpi: "bool | None" = None) -> "Communicator":
+def init(transport: str = "host", *, mpi: bool | None = None) -> Communicator:
     """The communicator of all ranks of this job (created once, then returned again).
 
     Args:
@@ -88,6 +89,9 @@ def init(transport: str = "host", *, mpi: "bool | None" = None) -> "Communicator
                              f"{_WORLD.transport!r}; got {transport!r}")
         return _WORLD
     use_mpi = launched_by_mpi() if mpi is None else bool(mpi)
+    from ..threads import share_cores_between_ranks
+    share_cores_between_ranks()       # ranks on one machine: each its share of the cores
+    world: Communicator
     if use_mpi:
         world = MPICommunicator(_import_mpi().COMM_WORLD, transport)
         if world.size > 1:
@@ -98,7 +102,7 @@ def init(transport: str = "host", *, mpi: "bool | None" = None) -> "Communicator
     return world
 
 
-def active() -> "Communicator | None":
+def active() -> Communicator | None:
     """The communicator made by :func:`init`, or None before it."""
     return _WORLD
 
@@ -337,7 +341,7 @@ class MPICommunicator(Communicator):
         self.rank = mpi_comm.Get_rank()
         self.size = mpi_comm.Get_size()
         self.local_rank = mpi_comm.Split_type(self._MPI.COMM_TYPE_SHARED).Get_rank()
-        self._nccl_comm = None
+        self._nccl_comm: Any = None
         if transport == "nccl":
             _import_nccl()           # fail early, with the reason, on every rank alike
 
@@ -550,7 +554,7 @@ def _int_env(name: str) -> int:
         return 0
 
 
-def find_mpiexec() -> "str | None":
+def find_mpiexec() -> str | None:
     """The ``mpiexec`` beside this Python (the MPICH wheel's), else the first on PATH."""
     beside = Path(sys.executable).parent / "mpiexec"
     return str(beside) if beside.is_file() else shutil.which("mpiexec")

@@ -21,7 +21,6 @@ import numpy
 from ..devices import Device, to_numpy
 from . import MPI_EXTRA, TRANSPORTS, Communicator, DistributedUnavailable, find_mpiexec, init
 
-
 # ============================================================================ selftest
 
 def selftest(comm: Communicator, specs=None) -> int:
@@ -58,7 +57,7 @@ def selftest(comm: Communicator, specs=None) -> int:
     return 1 if failures else 0
 
 
-def _selftest_device(comm: Communicator, dev: Device) -> "str | None":
+def _selftest_device(comm: Communicator, dev: Device) -> str | None:
     r, n = comm.rank, comm.size
     expected_sum = sum(range(1, n + 1))
     for dtype in ("float32", "float64") if _has_float64(dev) else ("float32",):
@@ -100,7 +99,7 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "X
 
 
 def bench(steps: int = 30, batch_size: int = 100, ranks: int = 2, model: str = "simple",
-          mpiexec: "str | None" = None, timeout: float = 600) -> list[dict]:
+          mpiexec: str | None = None, timeout: float = 600) -> list[dict]:
     """Time per step and samples/s of data-parallel SimpleConvNet training on this machine.
 
     Runs three jobs, each in fresh processes: 1 rank with 1 BLAS thread, ``ranks`` ranks

@@ -1,12 +1,16 @@
 """The Pooling layer (the book's ``common/layers.py`` name), max or average."""
 from __future__ import annotations
 
-from ..devices import device_scope
 from .._kernels.checks import check_flag, check_grad
-from .._kernels.pool import (avg_pool2d_backward_unchecked, avg_pool2d_unchecked,
-                     max_pool2d_backward_unchecked, max_pool2d_unchecked)
-from ..functional import _pool_geometry
 from .._kernels.geometry import ROUNDINGS, check_pad, pair
+from .._kernels.pool import (
+    avg_pool2d_backward_unchecked,
+    avg_pool2d_unchecked,
+    max_pool2d_backward_unchecked,
+    max_pool2d_unchecked,
+)
+from ..devices import device_scope
+from ..functional import _pool_geometry
 
 MODES = ("max", "avg")
 

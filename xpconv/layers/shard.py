@@ -58,6 +58,6 @@ def sharded(shard: Shard):
         _CURRENT_SHARD.reset(token)
 
 
-def current_shard() -> "Shard | None":
+def current_shard() -> Shard | None:
     """The shard of the distributed step in progress, or None outside one."""
     return _CURRENT_SHARD.get()

@@ -11,19 +11,17 @@ with a handful of ops.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import MutableMapping
-from typing import Iterable
+from collections.abc import Iterable, MutableMapping
 
 from array_api_compat import array_namespace, device as array_device, is_array_api_obj
 
-from . import microbatch as _microbatch
 from .. import serialization
-from .flat import FlatGroup, by_dtype, layout_key, shares_views
-from ..devices import (Device, device as resolve_device, device_of, device_scope, dtype_name,
-                      is_host_numpy, to_numpy)
 from .._kernels.checks import check_labels
+from ..devices import Device, device as resolve_device, device_of, device_scope, dtype_name, is_host_numpy, to_numpy
 from ..gradcheck import numerical_gradient as _numerical_gradient
 from ..layers.loss import SoftmaxWithLoss
+from . import microbatch as _microbatch
+from .flat import FlatGroup, by_dtype, layout_key, shares_views
 
 # (array attribute, gradient attribute) of layers that learn
 _PARAM_ATTRS = (("W", "dW"), ("b", "db"), ("gamma", "dgamma"), ("beta", "dbeta"))
@@ -47,9 +45,9 @@ class Parameters(MutableMapping):
     separate arrays and ``flat`` is None.
     """
 
-    def __init__(self, bindings: "OrderedDict[str, tuple[object, str, str]]"):
+    def __init__(self, bindings: OrderedDict[str, tuple[object, str, str]]):
         self._bindings = bindings  # name -> (layer, attr, grad_attr)
-        self._groups = None        # tuple of FlatGroup once packed; None: separate arrays
+        self._groups: tuple[FlatGroup, ...] | None = None   # once packed; None: separate arrays
 
     def __getitem__(self, name):
         layer, attr, _ = self._binding(name)
@@ -73,7 +71,7 @@ class Parameters(MutableMapping):
         return "Parameters(" + ", ".join(f"{k}: {tuple(self[k].shape)}" for k in self) + ")"
 
     @property
-    def flat(self) -> "tuple[FlatGroup, ...] | None":
+    def flat(self) -> tuple[FlatGroup, ...] | None:
         """The parameters as 1-D buffers, one :class:`~xpconv.network.flat.FlatGroup` per dtype.
 
         ``group.views[name]`` is ``params[name]``; updating ``group.buffer`` in place
@@ -98,7 +96,7 @@ class Parameters(MutableMapping):
                 setattr(layer, attr, group.views[name])
         return groups
 
-    def pack(self) -> "tuple[FlatGroup, ...] | None":
+    def pack(self) -> tuple[FlatGroup, ...] | None:
         """(Re)build the flat buffers from the layers' current arrays and bind the views."""
         current = self._current()
         values = list(current.values())
@@ -325,7 +323,7 @@ class Sequential:
         return grads
 
     # ------------------------------------------------------------------ devices and files
-    def to(self, spec) -> "Sequential":
+    def to(self, spec) -> Sequential:
         """Move every parameter and buffer to ``spec`` (a spec string or Device); returns self."""
         target = resolve_device(spec)
         for layer, attr in self._arrays():
@@ -360,7 +358,7 @@ class Sequential:
             metadata["architecture"] = json.dumps(arch)
         serialization.save_arrays(path, self.state_arrays(), metadata=metadata)
 
-    def load_params(self, path="params.pkl") -> "Sequential":
+    def load_params(self, path="params.pkl") -> Sequential:
         """Read parameters saved by ``save_params`` (from any device) onto this model's device.
 
         Names and shapes must match this model. The file's content decides how it is read:
@@ -372,7 +370,7 @@ class Sequential:
             who=f"{type(self).__name__}.load_params")
         return self.load_state_arrays(arrays)
 
-    def load_state_arrays(self, arrays: dict, *, who: str | None = None) -> "Sequential":
+    def load_state_arrays(self, arrays: dict, *, who: str | None = None) -> Sequential:
         """Set every parameter and buffer from host arrays named as :meth:`state_arrays`
         names them (the inverse of ``state_arrays``), on this model's device and dtypes.
 
@@ -448,7 +446,7 @@ class Sequential:
                 return x / xp.asarray(255.0, dtype=x.dtype, device=array_device(x))
         return x
 
-    def _input_channels(self) -> "int | None":
+    def _input_channels(self) -> int | None:
         """C of the (N, C, H, W) input when the first layer is a convolution, else None."""
         first = next(iter(self.layers.values()))
         W = getattr(first, "W", None)

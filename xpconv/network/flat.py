@@ -12,7 +12,7 @@ shows it; never JAX, whose arrays are immutable).
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from collections.abc import Mapping
 
 from array_api_compat import array_namespace, device as array_device
 
@@ -46,7 +46,7 @@ class FlatGroup:
         self.key = layout_key(self.names, self.shapes, buffer)
 
     @classmethod
-    def pack(cls, arrays: Mapping) -> "FlatGroup":
+    def pack(cls, arrays: Mapping) -> FlatGroup:
         """A new buffer holding copies of ``arrays`` (one dtype, library and device): one ``concat``."""
         names = list(arrays)
         return cls(names, [tuple(arrays[n].shape) for n in names], gather(arrays, names))
@@ -74,7 +74,7 @@ def layout_key(names, shapes, like) -> tuple:
             str(array_device(like)))
 
 
-def by_dtype(arrays: Mapping) -> "list[dict]":
+def by_dtype(arrays: Mapping) -> list[dict]:
     """``arrays`` split by dtype, in order of first appearance (order kept within each)."""
     groups: dict = {}
     for name, a in arrays.items():

@@ -36,7 +36,7 @@ MICRO_BATCH = 64
 SAMPLE_WISE = (Affine, Convolution, Flatten, Pooling, Relu, Sigmoid)
 
 # network -> replicas of its layers, one list per part of the last call
-_REPLICAS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_REPLICAS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def parts(n: int) -> list[tuple[int, int]]:
@@ -155,7 +155,7 @@ class _Replica:
 _MISSING = object()
 
 
-def _replicas(network, layers, count: int) -> "list[list[_Replica]]":
+def _replicas(network, layers, count: int) -> list[list[_Replica]]:
     """``count`` lists of replicas of ``layers`` (the network's and its loss layer), kept
     for the network's next call; rebuilt when a layer was replaced."""
     kept = _REPLICAS.get(network, [])

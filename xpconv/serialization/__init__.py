@@ -223,7 +223,7 @@ def load_arrays(
     expected = None if expected is None else _normalize_expected(expected)
     if _file_kind(path, who) == "pickle":
         arrays = read_book_pickle(path, who=who, max_bytes=budget)
-        metadata = {}
+        metadata: dict[str, str] = {}
         if expected is not None:
             _check_expected({k: (a.shape, a.dtype) for k, a in arrays.items()}, expected, path, who)
     else:
@@ -266,7 +266,7 @@ def _check_member_kind(name: str, header, path: str, who: str) -> None:
 
 def _normalize_expected(expected: Mapping) -> dict[str, tuple[tuple[int, ...], ...]]:
     """name -> shape, or name -> (shape, shape, ...) -> name -> tuple of allowed shapes."""
-    out = {}
+    out: dict[str, tuple[tuple[int, ...], ...]] = {}
     for name, spec in expected.items():
         spec = tuple(spec)
         if all(isinstance(d, (int, np.integer)) for d in spec):  # one shape; () is a scalar

@@ -19,7 +19,9 @@ import signal
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
+fcntl: Any
 try:
     import fcntl
 except ImportError:          # Windows: an open file cannot be deleted, which is the lock

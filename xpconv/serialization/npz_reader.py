@@ -100,7 +100,7 @@ class NpzReader:
             infos[name] = info
         return infos
 
-    def __enter__(self) -> "NpzReader":
+    def __enter__(self) -> NpzReader:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -168,7 +168,7 @@ class NpzReader:
             flat = np.empty(header.nbytes, dtype=np.uint8)
         except MemoryError:
             raise self._error(f"array {name!r}: not enough memory for {_size(header.nbytes)}") from None
-        view = memoryview(flat)
+        view = memoryview(flat)  # type: ignore[arg-type]  # numpy arrays are buffers
         try:
             with self._open(name) as fp:
                 fp.read(header.data_offset)

@@ -6,6 +6,7 @@ bit. Every process has a timeout: a hang fails the test instead of stalling CI.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -196,3 +197,28 @@ def test_sigint_to_a_rank_or_the_launcher_ends_the_job_and_it_resumes_on_other_r
     want, got = _arrays(whole), _arrays(out)
     for k, v in want.items():
         np.testing.assert_allclose(got[k], v, rtol=1e-10, atol=1e-12, err_msg=k)
+
+
+def test_a_stopped_rank_ends_the_job_after_the_collective_timeout(tmp_path):
+    mpiexec = _mpiexec()
+    folder = tmp_path / "ck"
+    command = TRAIN[:-2] + ["--seed", "3", "--limit", "600", "--epochs", "50", "--distributed",
+                            "--timeout", "3", "--checkpoint", str(folder), "--checkpoint-every", "5"]
+    proc = subprocess.Popen([mpiexec, "-n", "2", *command], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    ranks = []
+    try:
+        assert _wait_for(folder / ckpt.LAST, proc, time.monotonic() + TIMEOUT)
+        ranks = _rank_pids(proc.pid)
+        assert len(ranks) == 2, ranks
+        os.kill(ranks[-1], signal.SIGSTOP)           # a stalled rank: alive, silent
+        _, err = proc.communicate(timeout=60)
+    finally:
+        for pid in ranks:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert "waited more than 3 s in a collective" in err and "rank 0 of 2" in err, err
+    assert ckpt.read(folder / ckpt.LAST).state["global_step"] > 0      # the last checkpoint is whole

@@ -63,6 +63,9 @@ def add_parser(sub) -> None:
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of 'mpiexec -n N' (pip install \"xpconv[mpi]\"); "
                         "--batch-size stays the global batch; each rank uses its own GPU")
+    t.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
+                   help="with --distributed: end the job when a rank waits longer than this in one "
+                        "collective (a stopped or hung rank; default: 600)")
     t.add_argument("--transport", choices=("host", "nccl"), default=None,
                    help="with --distributed, how CuPy gradients travel: host (default: through "
                         "host memory, any MPI) or nccl (GPU to GPU through CuPy's NCCL)")
@@ -94,7 +97,7 @@ def run(args) -> int:
     comm = None
     if args.distributed:
         from ..distributed import init
-        comm = init(transport=args.transport or "host")
+        comm = init(transport=args.transport or "host", timeout=args.timeout)
     elif args.transport:
         raise ValueError("--transport is for --distributed runs (mpiexec -n N xpconv train "
                          "--distributed --transport nccl)")

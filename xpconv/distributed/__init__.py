@@ -27,6 +27,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -59,7 +60,7 @@ class DistributedUnavailable(RuntimeError):
 _WORLD: Communicator | None = None
 
 
-def init(transport: str = "host", *, mpi: bool | None = None) -> Communicator:
+def init(transport: str = "host", *, mpi: bool | None = None, timeout: float | None = None) -> Communicator:
     """The communicator of all ranks of this job (created once, then returned again).
 
     Args:
@@ -71,6 +72,8 @@ def init(transport: str = "host", *, mpi: bool | None = None) -> Communicator:
             (``mpiexec``, ``srun``), else a single-process communicator that needs no
             MPI. True: MPI even without a launcher (mpi4py must be installed). False:
             always a single process.
+        timeout: seconds a rank may wait in one collective (for a stopped or hung rank)
+            before it ends the whole job with one line naming itself (None: wait forever).
 
     With more than one rank, an uncaught exception on any rank prints its traceback and
     aborts the whole job (``MPI_Abort``), so no rank is left waiting for it.
@@ -96,6 +99,8 @@ def init(transport: str = "host", *, mpi: bool | None = None) -> Communicator:
         world = MPICommunicator(_import_mpi().COMM_WORLD, transport)
         if world.size > 1:
             _abort_on_uncaught_exception(world)
+            if timeout is not None:
+                world.watch_collectives(timeout)
     else:
         world = SingleProcess(transport)
     _WORLD = world
@@ -370,13 +375,37 @@ class MPICommunicator(Communicator):
         sys.stderr.flush()
         self._comm.Abort(code)
 
+    def watch_collectives(self, timeout: float) -> None:
+        """End the job when this rank waits longer than ``timeout`` seconds in one
+        collective (another rank stopped, crashed without MPI noticing, or hangs on a file
+        system): one line on stderr naming this rank, then ``MPI_Abort`` from a watchdog
+        thread, since the waiting thread is blocked inside MPI."""
+        if timeout <= 0:
+            raise ValueError(f"xpconv.distributed: expected a timeout > 0 seconds; got {timeout!r}")
+
+        def watch():
+            while True:
+                time.sleep(min(1.0, timeout / 4))
+                since = self._waiting_since
+                if since is not None and time.monotonic() - since > timeout:
+                    print(f"xpconv: rank {self.rank} of {self.size} waited more than {timeout:g} s in a "
+                          f"collective: another rank is stopped or hung; ending the job (--timeout)",
+                          file=sys.stderr, flush=True)
+                    self.abort(1)
+
+        threading.Thread(target=watch, name="xpconv-collective-watchdog", daemon=True).start()
+
     # ------------------------------------------------------------------ helpers
+    _waiting_since: float | None = None
+
     @contextlib.contextmanager
     def _timed(self):
         start = time.perf_counter()
+        self._waiting_since = time.monotonic()
         try:
             yield
         finally:
+            self._waiting_since = None
             self.seconds_communicating += time.perf_counter() - start
 
     def _collective(self, a, kind: str, root: int):

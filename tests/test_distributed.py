@@ -248,7 +248,7 @@ def test_cli_distributed_reproduces_one_process_and_only_rank_0_prints_and_saves
                    "--save", str(tmp_path / "three" / "p.npz"))
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
-    for start in ("xpconv train:", "summary:", "saved parameters to"):
+    for start in ("xpconv train:", "summary:", "saved the model to"):
         assert sum(line.startswith(start) for line in lines) == 1, done.stdout
     assert "over 3 ranks" in done.stdout
     assert [p.name for p in (tmp_path / "three").iterdir()] == ["p.npz"]

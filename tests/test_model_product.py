@@ -195,3 +195,23 @@ def test_export_command_writes_a_checked_onnx_file(trained, tmp_path):
     model = onnx.load(str(out))
     onnx.checker.check_model(model)
     assert model.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+
+
+def test_a_folder_trained_model_keeps_its_class_names(tmp_path, capsys):
+    Image = pytest.importorskip("PIL.Image", reason="Pillow not installed (pip install 'xpconv[images]')")
+    rng = np.random.default_rng(3)
+    for name, level in (("rose", 60), ("tulip", 190)):
+        folder = tmp_path / "flowers" / name
+        folder.mkdir(parents=True)
+        for i in range(10):
+            pixels = np.clip(rng.normal(level, 30, (12, 12)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i}.png")
+    model = tmp_path / "m.npz"
+    assert xpconv_main(["train", "--data", str(tmp_path / "flowers"), "--epochs", "1", "--quiet", "--model", "lenet",
+                        "--save", str(model)]) == 0
+    assert load_model(model).class_names == ["rose", "tulip"]
+    out = tmp_path / "p.json"
+    assert xpconv_main(["predict", str(model), str(tmp_path / "flowers" / "rose" / "0.png"), "--json", str(out)]) == 0
+    record = json.loads(out.read_text())["predictions"][0]
+    assert record["name"] == ["rose", "tulip"][record["class"]]
+    assert f"({record['name']})" in capsys.readouterr().out

@@ -92,7 +92,10 @@ def load_model(path: str | os.PathLike, device: str | Device = "cpu", dtype: str
     if expected != got:
         raise ValueError(f"load_model: {path}: the weights do not fit the saved architecture "
                          f"(expected {expected}, got {got})")
-    return net.load_state_arrays(arrays, who="load_model")
+    net.load_state_arrays(arrays, who="load_model")
+    if "classes" in metadata:
+        net.class_names = json.loads(metadata["classes"])
+    return net
 
 
 def _build_sequential(arch: dict, arrays: dict, dev: Device, dtype: str):

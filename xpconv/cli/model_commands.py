@@ -59,6 +59,7 @@ def _evaluate(args) -> int:
             check_writable(getattr(args, option), option=f"--{option}")
     net = _load(args.model, args.device)
     x, t, classes = load_evaluation_data(args.data)
+    classes = classes or getattr(net, "class_names", None)
     result, probs = evaluate(net, x, t, classes=classes)
     print(f"{args.model} on {args.data}:")
     print(result.format())
@@ -93,12 +94,21 @@ def _predict(args) -> int:
         for i, row in enumerate(probs):
             name = path if len(probs) == 1 else f"{path}[{i}]"
             best = np.argsort(-row, kind="stable")[:args.top]
-            print(name + "  " + "  ".join(f"class {int(k)} ({row[k]:.4f})" for k in best))
-            records.append({"file": name, "class": int(best[0]), "probabilities": [float(v) for v in row]})
+            print(name + "  " + "  ".join(f"{_label(net, int(k))} ({row[k]:.4f})" for k in best))
+            record = {"file": name, "class": int(best[0]), "probabilities": [float(v) for v in row]}
+            if getattr(net, "class_names", None):
+                record["name"] = net.class_names[int(best[0])]
+            records.append(record)
     if args.json:
         Path(args.json).write_text(json.dumps({"predictions": records}, indent=1))
         print(f"wrote {args.json}")
     return 0
+
+
+def _label(net, k: int) -> str:
+    """``class 3``, or ``class 3 (rose)`` for a model that knows its class names."""
+    names = getattr(net, "class_names", None)
+    return f"class {k} ({names[k]})" if names else f"class {k}"
 
 
 def _export(args) -> int:

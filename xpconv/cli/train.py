@@ -107,8 +107,7 @@ def run(args) -> int:
     name = args.data or "mnist"
     if root:   # rank 0 loads (and downloads) first; the others then load what it chose
         try:
-            (x_train, t_train), (x_test, t_test) = load_dataset(
-                name, progressbar=False if args.quiet else None, **_split_args(args))
+            data = load_dataset(name, progressbar=False if args.quiet else None, **_split_args(args))
         except DatasetUnavailableError as exc:
             if args.data is not None:   # one line; the full message lists every mirror's error
                 raise DatasetUnavailableError(f"{str(exc).splitlines()[0]}; --data mnist-bundled works "
@@ -117,11 +116,13 @@ def run(args) -> int:
                 print(f"xpconv train: full MNIST unavailable ({str(exc).splitlines()[0]}); using the "
                       f"bundled MNIST test set instead (8,000 train / 2,000 validation)", file=sys.stderr)
             name = "mnist-bundled"
-            (x_train, t_train), (x_test, t_test) = load_dataset(name)
+            data = load_dataset(name)
     if comm is not None:
         name = comm.broadcast_object(name)
         if not root:
-            (x_train, t_train), (x_test, t_test) = load_dataset(name, **_split_args(args))
+            data = load_dataset(name, **_split_args(args))
+    (x_train, t_train), (x_test, t_test) = data
+    class_names = getattr(data, "classes", None)
     if args.limit:
         x_train, t_train, x_test, t_test = (a[:args.limit] for a in (x_train, t_train, x_test, t_test))
     classes = _class_count(name, t_train, t_test)
@@ -129,6 +130,8 @@ def run(args) -> int:
     model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]
     kwargs = dict(input_dim=input_dim, output_size=classes, device=dev, dtype=args.dtype, seed=args.seed)
     network = model_class(**kwargs)
+    if class_names and len(class_names) == classes:
+        network.class_names = list(class_names)     # saved with the model: predict names them
     if args.save and root:
         check_free_space(args.save, sum(a.nbytes for a in network.state_arrays().values()))
     ranks = "" if comm is None else (f" (global, over {comm.size} rank{'s' if comm.size > 1 else ''}, "
@@ -160,8 +163,8 @@ def run(args) -> int:
         print(f"wrote {args.plot}")
     if args.save and root:   # the ranks hold the same parameters: rank 0 writes them
         _save_or_keep(network, args.save, args.checkpoint)
-        print(f"saved parameters to {args.save} (load with {model_class.__name__}("
-              f"input_dim={input_dim}, output_size={classes}).load_params({args.save!r}))")
+        print(f"saved the model to {args.save} (xpconv.load_model({args.save!r}); xpconv evaluate, "
+              f"predict and export take it)")
     if comm is not None:
         comm.barrier()       # no rank reports success before the file is written
     return 0

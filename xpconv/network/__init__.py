@@ -356,6 +356,9 @@ class Sequential:
         arch = architecture(self)
         if arch is not None:           # load_model rebuilds the network from the file alone
             metadata["architecture"] = json.dumps(arch)
+        names = getattr(self, "class_names", None)
+        if names:
+            metadata["classes"] = json.dumps([str(c) for c in names])
         serialization.save_arrays(path, self.state_arrays(), metadata=metadata)
 
     def load_params(self, path="params.pkl") -> Sequential:

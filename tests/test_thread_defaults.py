@@ -11,7 +11,7 @@ import pytest
 
 from xpconv import threads
 
-PROBE = ("import xpconv, threadpoolctl; xpconv.distributed.init(); "
+PROBE = ("import xpconv, threadpoolctl; xpconv.threads.share_cores_between_ranks(); "
          "blas = [i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']; "
          "print(xpconv.get_num_threads(), min(blas) if blas else -1)")
 
@@ -61,4 +61,9 @@ def test_two_mpi_ranks_share_the_cores_without_any_variable():
         pytest.skip("no mpiexec (pip install mpi4py mpich)")
     pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install 'xpconv[mpi]')")
     share = max(1, threads.usable_cores() // 2)
-    assert _probe(_clean_env(), mpiexec, "-n", "2") == [(share, share)] * 2
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", PROBE.replace(
+        "xpconv.threads.share_cores_between_ranks()", "xpconv.distributed.init()")],
+        capture_output=True, text=True, timeout=120, env=_clean_env())
+    assert done.returncode == 0, done.stderr
+    got = [tuple(map(int, line.split())) for line in done.stdout.split("\n") if line.strip()]
+    assert got == [(share, share)] * 2

@@ -23,9 +23,9 @@ def data():
     return x[:240, :, 8:20, 8:20].copy(), t[:240], xv[:60, :, 8:20, 8:20].copy(), tv[:60]
 
 
-def simple(dtype):
+def simple(dtype, device="cpu"):
     return xpconv.SimpleConvNet(input_dim=(1, 12, 12), conv_param={"filter_num": 4, "filter_size": 3},
-                                hidden_size=16, weight_init_std="he", dtype=dtype, seed=0)
+                                hidden_size=16, weight_init_std="he", dtype=dtype, seed=0, device=device)
 
 
 def deep_with_dropout(dtype):
@@ -98,6 +98,20 @@ def test_resumed_run_is_the_uninterrupted_run_bit_for_bit(tmp_path, data, name, 
     assert resumed.train_loss_list == whole.train_loss_list
     assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in whole.history]
     assert resumed.test_acc == whole.test_acc
+
+
+@pytest.mark.parametrize("spec", ["torch", "jax"])
+def test_resume_is_bit_for_bit_on_other_deterministic_cpu_backends(tmp_path, data, spec):
+    """torch's and JAX's CPU kernels are deterministic: a resumed run is the same there too."""
+    from conftest import make_backend
+    backend = make_backend(spec)
+    dtype = "float32"
+    whole = run(simple(dtype, backend), data)
+    with pytest.raises(RuntimeError):
+        run(simple(dtype, backend), data, tmp_path, stop=13, checkpoint_every=4)
+    resumed = run(simple(dtype, backend), data, tmp_path, checkpoint_every=4)
+    for k, v in params(whole.network).items():
+        np.testing.assert_array_equal(params(resumed.network)[k], v, err_msg=k)
 
 
 def test_a_stop_without_checkpoint_every_resumes_from_the_last_epoch_end(tmp_path, data):

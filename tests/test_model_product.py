@@ -215,3 +215,13 @@ def test_a_folder_trained_model_keeps_its_class_names(tmp_path, capsys):
     record = json.loads(out.read_text())["predictions"][0]
     assert record["name"] == ["rose", "tulip"][record["class"]]
     assert f"({record['name']})" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_labels_the_model_cannot_predict(tmp_path, capsys):
+    net = xpconv.LeNet(input_dim=SHAPE, output_size=3, seed=0)
+    net.save_params(tmp_path / "m.npz")
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.standard_normal((6, *SHAPE)).astype(np.float32), t=np.array([0, 1, 2, 3, 4, 1]))
+    assert xpconv_main(["evaluate", str(tmp_path / "m.npz"), "--data", str(tmp_path / "d.npz")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "labels must be 0..2 for this 3-class model; got 0..4" in err[0]

@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import peak_traced_bytes
 
 import xpconv
+from tests.helpers import peak_traced_bytes
 from xpconv import cli
 from xpconv.serialization import load_arrays
 

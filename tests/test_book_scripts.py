@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from naive import conv2d_naive
 
 import xpconv
+from tests.naive import conv2d_naive
 from xpconv import DeepConvNet, SimpleConvNet, Trainer
 from xpconv.datasets import load_bundled_mnist
 from xpconv.layers import Convolution

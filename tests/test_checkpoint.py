@@ -103,7 +103,7 @@ def test_resumed_run_is_the_uninterrupted_run_bit_for_bit(tmp_path, data, name, 
 @pytest.mark.parametrize("spec", ["torch", "jax"])
 def test_resume_is_bit_for_bit_on_other_deterministic_cpu_backends(tmp_path, data, spec):
     """torch's and JAX's CPU kernels are deterministic: a resumed run is the same there too."""
-    from conftest import make_backend
+    from tests.helpers import make_backend
     backend = make_backend(spec)
     dtype = "float32"
     whole = run(simple(dtype, backend), data)

@@ -135,6 +135,7 @@ def test_divergence_in_a_fresh_process_prints_exactly_one_line(tiny_npz):
     assert result.stderr.startswith("xpconv train: error: Trainer: the loss became")
 
 
+@pytest.mark.filterwarnings("ignore:load_npz_dataset.*non-finite:RuntimeWarning")   # the data is bad on purpose
 def test_nan_in_the_data_is_one_line(npz_with, capsys):
     code = cli.main([*TRAIN, "--data", npz_with(np.arange(40) % 2, nan=True)])
     one_line_error(capsys, code, "loss became nan")

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_on
 
 import xpconv
+from tests.helpers import assert_on
 
 
 @pytest.mark.parametrize("value", [0, 0.5, np.float64(-2.0)])

@@ -15,9 +15,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import peak_traced_bytes
 
 import xpconv.datasets.mnist as mnist
+from tests.helpers import peak_traced_bytes
 from xpconv.datasets import (
     DatasetUnavailableError,
     load_bundled_mnist,

@@ -10,11 +10,11 @@ import types
 
 import numpy as np
 import pytest
-from conftest import assert_on, make_backend
 
 import xpconv
 import xpconv._backends as _backends
 import xpconv.devices as devices
+from tests.helpers import assert_on, make_backend
 from xpconv._kernels import fastpaths
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

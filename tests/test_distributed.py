@@ -21,6 +21,8 @@ import xpconv
 from xpconv import distributed
 from xpconv.distributed import Communicator, Shard, SingleProcess, sharded
 
+pytestmark = pytest.mark.slow     # subprocesses: training runs, MPI jobs (-m 'not slow' skips them)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "mpi_worker.py"
 TIMEOUT = 120          # seconds; a hang fails the test instead of blocking the suite
@@ -198,7 +200,7 @@ def _skip_missing(backend):
 
 
 def test_the_data_has_uneven_shares_and_a_rank_without_samples():
-    import mpi_worker
+    from tests import mpi_worker
     assert mpi_worker.BATCH % 2 == 1                    # 2 ranks: 16 / 15
     assert 0 < mpi_worker.N_TRAIN % mpi_worker.BATCH < 3  # last batch: a 3rd rank gets none
 

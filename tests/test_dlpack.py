@@ -5,9 +5,9 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import assert_on, make_backend
 
 import xpconv
+from tests.helpers import assert_on, make_backend
 
 LIBRARIES = ["numpy", "torch", "jax", "array_api_strict", "array_api_strict:device1"]
 PAIRS = [(s, t) for s in LIBRARIES for t in LIBRARIES if s.split(":")[0] != t.split(":")[0]]

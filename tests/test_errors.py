@@ -9,9 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import make_backend
 
 import xpconv
+from tests.helpers import make_backend
 from xpconv import functional as F
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, assert_on, make_backend
-from naive import (
+
+import xpconv
+from tests.helpers import BACKENDS, assert_on, make_backend
+from tests.naive import (
     avg_pool2d_backward_naive,
     avg_pool2d_naive,
     col2im_naive,
@@ -27,8 +29,6 @@ from naive import (
     same_pads,
     torch_pool_out_size,
 )
-
-import xpconv
 from xpconv import functional as F, to_numpy
 from xpconv._kernels.geometry import window2d
 

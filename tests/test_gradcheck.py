@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_on
 
 import xpconv
+from tests.helpers import assert_on
 from xpconv.gradcheck import assert_gradients_close, compare_gradients, max_relative_error, numerical_gradient
 
 to_np = xpconv.to_numpy
@@ -109,7 +109,7 @@ def test_books_gradient_check_is_meaningful_on_a_float32_model():
 def test_network_numerical_gradient_is_the_float64_one_and_leaves_the_model_alone(spec):
     """A float32 model's numerical gradient is its float64 copy's (same weights, upcast), on
     the model's device; parameters and running statistics come back untouched."""
-    from conftest import make_backend
+    from tests.helpers import make_backend
     backend = make_backend(spec)
     rng = np.random.default_rng(2)
     host = {"W1": rng.standard_normal((6, 5)), "b1": rng.standard_normal(5), "g": np.ones(5),

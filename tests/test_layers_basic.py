@@ -8,9 +8,9 @@ import warnings
 import numpy as np
 import pytest
 from array_api_compat import array_namespace
-from conftest import assert_on, make_backend
 
 import xpconv
+from tests.helpers import assert_on, make_backend
 from xpconv.gradcheck import assert_gradients_close, numerical_gradient
 from xpconv.layers.basic import Affine, Dropout, Flatten, Relu, Sigmoid
 from xpconv.layers.loss import SoftmaxWithLoss, cross_entropy_error, softmax
@@ -557,7 +557,7 @@ def test_softmax_with_loss_forward_is_lean_and_never_syncs():
     sync (the old range check read a bool back every step) and at most 16 kernels (was 20;
     15 without the NaN guard of device labels' range); the backward 2."""
     torch = torch_or_skip()
-    from torch_counter import count
+    from tests.torch_counter import count
     x = torch.randn(100, 10, generator=torch.Generator().manual_seed(0))
     t = torch.arange(100) % 10
     layer = SoftmaxWithLoss()

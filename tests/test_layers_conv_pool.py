@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, assert_on, make_backend
-from naive import (
+
+import xpconv
+from tests.helpers import BACKENDS, assert_on, make_backend
+from tests.naive import (
     avg_pool2d_backward_naive,
     avg_pool2d_naive,
     conv2d_backward_naive,
@@ -17,8 +19,6 @@ from naive import (
     max_pool2d_naive,
     torch_pool_out_size,
 )
-
-import xpconv
 from xpconv import functional as F, to_numpy
 
 TOL = dict(rtol=1e-10, atol=1e-10)

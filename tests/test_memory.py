@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import traced_extra_bytes
 
 import xpconv
+from tests.helpers import traced_extra_bytes
 from xpconv import functional as F
 
 LIMITS = [2**20, 3 * 2**20]

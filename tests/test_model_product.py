@@ -6,9 +6,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import make_backend
 
 import xpconv
+from tests.helpers import make_backend
 from xpconv.cli import main as xpconv_main
 from xpconv.model_io import load_model
 

@@ -6,9 +6,9 @@ import pickle
 
 import numpy as np
 import pytest
-from conftest import assert_on, make_backend
 
 import xpconv
+from tests.helpers import assert_on, make_backend
 
 TINY = dict(input_dim=(1, 8, 8), conv_param={"filter_num": 3, "filter_size": 3, "pad": 0, "stride": 1},
             hidden_size=5, output_size=3, weight_init_std=0.3)
@@ -152,7 +152,7 @@ def test_accuracy_reads_back_once():
     """Correct predictions are counted on the device and read back once per call (was once
     per batch), with device labels too."""
     pytest.importorskip("torch", reason="torch not installed: the sync counter needs it")
-    from torch_counter import count
+    from tests.torch_counter import count
     net = xpconv.Sequential([("Affine", xpconv.Affine(*(xpconv.device("torch").asarray(a, "float32") for a in
                                                           (np.eye(4), np.zeros(4)))))])
     x = np.random.default_rng(0).standard_normal((25, 4))

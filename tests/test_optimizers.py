@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_on, make_backend
 
 import xpconv
+from tests.helpers import assert_on, make_backend
 from xpconv.devices import dtype_name
 from xpconv.optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, get_optimizer
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import assert_on, make_backend
 
 import xpconv
+from tests.helpers import assert_on, make_backend
 from xpconv.optimizers import SGD
 
 TINY = dict(input_dim=(1, 8, 8), conv_param={"filter_num": 3, "filter_size": 3, "pad": 0, "stride": 1},

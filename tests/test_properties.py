@@ -18,7 +18,9 @@ import pytest
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed (pip install '.[test]')")
 from hypothesis import HealthCheck, given, settings, strategies as st
-from naive import (
+
+import xpconv
+from tests.naive import (
     avg_pool2d_backward_naive,
     avg_pool2d_naive,
     conv2d_backward_naive,
@@ -28,8 +30,6 @@ from naive import (
     max_pool2d_naive,
     same_pads,
 )
-
-import xpconv
 from xpconv import functional as F, to_numpy
 
 PROPERTY = settings(max_examples=100, deadline=None, derandomize=True, database=None,

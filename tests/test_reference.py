@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from naive import (
+
+from tests.naive import (
     avg_pool2d_backward_naive,
     avg_pool2d_naive,
     col2im_naive,
@@ -15,7 +16,6 @@ from naive import (
     max_pool2d_backward_naive,
     max_pool2d_naive,
 )
-
 from xpconv.diagnostics import reference
 
 # label: x shape, w shape, stride, pad ((top, bottom), (left, right)), dilation, groups

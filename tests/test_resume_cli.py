@@ -21,6 +21,8 @@ from xpconv import checkpoint as ckpt
 from xpconv.cli import main as xpconv_main
 from xpconv.serialization import load_arrays
 
+pytestmark = pytest.mark.slow     # subprocesses: training runs, MPI jobs (-m 'not slow' skips them)
+
 TRAIN = [sys.executable, "-m", "xpconv.cli", "train", "--data", "mnist-bundled", "--limit", "1000",
          "--epochs", "3", "--batch-size", "20", "--dtype", "float64", "--quiet", "--seed", "1"]
 TIMEOUT = 120
@@ -64,7 +66,7 @@ def test_killed_at_random_moments_and_resumed_ends_bit_for_bit(tmp_path, referen
     command = TRAIN + ["--checkpoint", str(folder), "--checkpoint-every", "7", "--save", str(out)]
     kills = 0
     for _ in range(3):
-        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             first = not (folder / ckpt.LAST).exists()
             if _wait_for(folder / ckpt.LAST, proc, time.monotonic() + TIMEOUT):

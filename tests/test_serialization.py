@@ -12,9 +12,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import peak_traced_bytes
 
 import xpconv.serialization as serialization
+from tests.helpers import peak_traced_bytes
 from xpconv.serialization import load_arrays, save_arrays
 
 

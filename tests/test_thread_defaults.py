@@ -11,6 +11,8 @@ import pytest
 
 from xpconv import threads
 
+pytestmark = pytest.mark.slow     # subprocesses: training runs, MPI jobs (-m 'not slow' skips them)
+
 PROBE = ("import xpconv, threadpoolctl; xpconv.threads.share_cores_between_ranks(); "
          "blas = [i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']; "
          "print(xpconv.get_num_threads(), min(blas) if blas else -1)")

@@ -15,9 +15,9 @@ import threading
 
 import numpy as np
 import pytest
-from conftest import traced_extra_bytes
 
 import xpconv
+from tests.helpers import traced_extra_bytes
 from xpconv import functional as F, threads, workspace
 from xpconv.network import microbatch as _microbatch
 

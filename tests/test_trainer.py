@@ -35,7 +35,7 @@ def test_training_reduces_the_loss_and_learns(small_mnist):
 @pytest.mark.parametrize("spec", ["jax", "array_api_strict:device1", "torch"])
 def test_training_runs_on_other_backends_like_on_numpy(spec, small_mnist):
     """Same seed, same data order: the same losses on every backend (jax arrays are immutable)."""
-    from conftest import assert_on, make_backend
+    from tests.helpers import assert_on, make_backend
     backend = make_backend(spec)
     x, t, xv, tv = (a[:200] for a in small_mnist)
     runs = {}
@@ -58,6 +58,7 @@ def test_every_optimizer_trains(small_mnist):
         assert np.mean(trainer.train_loss_list[-5:]) < np.mean(trainer.train_loss_list[:5]), name
 
 
+@pytest.mark.filterwarnings("ignore:(overflow|invalid value) encountered:RuntimeWarning")   # it diverges on purpose
 def test_divergence_stops_with_a_clear_error(small_mnist):
     """At lr=1e30 the first SGD step overflows float32 weights, so the second loss is NaN or
     Inf for any seed (checked for seeds 0..29); the run is seeded all the same."""
@@ -146,7 +147,7 @@ def test_labels_follow_one_rule_and_are_checked_when_the_trainer_is_made(small_m
 def test_data_already_on_the_device_is_used_where_it_is(small_mnist):
     """Device arrays (no len() in the Array API) stay on the device; their labels are checked
     once, here, by one read-back, and (N, 1) columns work there too."""
-    from conftest import assert_on, make_backend
+    from tests.helpers import assert_on, make_backend
     dev = make_backend("array_api_strict:device1")
     x, t, xv, tv = (a[:60] for a in small_mnist)
     on = [dev.asarray(x, "float32"), dev.asarray(t.reshape(-1, 1)), dev.asarray(xv, "float32"), dev.asarray(tv)]
@@ -241,9 +242,8 @@ def test_a_training_step_never_waits_for_the_device(monkeypatch):
     accuracy and one for the validation loss (was 2 per step: the label check and float(loss)). The permutation of each
     epoch is uploaded once."""
     pytest.importorskip("torch", reason="torch not installed: the sync counter needs it")
-    from torch_counter import count
-
     import xpconv.trainer
+    from tests.torch_counter import count
     rng = np.random.default_rng(1)
     x = rng.standard_normal((400, 8)).astype(np.float32)
     t = np.argmax(x[:, :4], axis=1)

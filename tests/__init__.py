@@ -1,0 +1,1 @@
+"""The test suite, importable as a package (shared helpers: ``tests.helpers``)."""

@@ -57,15 +57,18 @@ def test_an_explicit_setting_wins():
     assert _probe(env) == [(3, 2)]
 
 
-def test_two_mpi_ranks_share_the_cores_without_any_variable():
+def test_two_mpi_ranks_share_the_cores_without_any_variable(tmp_path):
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
         pytest.skip("no mpiexec (pip install mpi4py mpich)")
     pytest.importorskip("mpi4py", reason="mpi4py not installed (pip install 'xpconv[mpi]')")
     share = max(1, threads.usable_cores() // 2)
-    done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", PROBE.replace(
-        "xpconv.threads.share_cores_between_ranks()", "xpconv.distributed.init()")],
-        capture_output=True, text=True, timeout=120, env=_clean_env())
+    # each rank writes its own file: the ranks' stdout lines may interleave
+    probe = ("import os, xpconv, threadpoolctl; xpconv.distributed.init(); "
+             "blas = [i['num_threads'] for i in threadpoolctl.threadpool_info() if i['user_api'] == 'blas']; "
+             f"out = open(os.path.join({str(tmp_path)!r}, 'rank' + os.environ['PMI_RANK']), 'w'); "
+             "out.write(f'{xpconv.get_num_threads()} {min(blas) if blas else -1}'); out.close()")
+    done = subprocess.run([mpiexec, "-n", "2", sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, env=_clean_env())
     assert done.returncode == 0, done.stderr
-    got = [tuple(map(int, line.split())) for line in done.stdout.split("\n") if line.strip()]
-    assert got == [(share, share)] * 2
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == [f"{share} {share}"] * 2

@@ -8,6 +8,7 @@ array-api-strict.
 (N, 10)
 """
 from . import datasets, distributed, functional
+from .compile import compile_step
 from .devices import Device, available_devices, device, to_numpy
 from .gradcheck import numerical_gradient
 from .layers import (
@@ -42,6 +43,7 @@ __all__ = [
     # networks and training
     "Sequential", "Parameters", "SimpleConvNet", "DeepConvNet", "LeNet",
     "SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam", "get_optimizer",
+    "compile_step",
     "Trainer", "TrainingDiverged", "TrainingInterrupted", "numerical_gradient", "load_model",
     # data, memory, threads
     "datasets", "distributed", "get_workspace_limit", "set_workspace_limit", "workspace_limit",

@@ -215,10 +215,12 @@ class _JaxBackend(Backend):
         return specs
 
     def spec_of(self, native):
+        if native is None:          # a tracer under jax.jit: no device yet; the default one
+            return "jax"
         return f"jax:{native.platform}:{native.id}"
 
     def is_gpu(self, native):
-        return native.platform in ("gpu", "cuda", "rocm")
+        return native is not None and native.platform in ("gpu", "cuda", "rocm")
 
     def synchronize(self, native, arrays):
         for a in arrays:

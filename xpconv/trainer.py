@@ -103,6 +103,8 @@ class Trainer:
             and restore the parameters of the best epoch (None: never).
         keep_best: with ``checkpoint``, also write the model of the epoch with the best
             validation accuracy to ``checkpoint/best.npz`` (a model file: ``load_model``).
+        compile: run each step through :func:`xpconv.compile_step` (one ``jax.jit`` program
+            on JAX; the plain step elsewhere). Not with ``comm``.
 
     After ``train()``: ``history`` (one dict per epoch: ``epoch``, ``train_loss`` (the
     epoch's mean), ``train_acc``, ``val_loss``, ``val_acc``, ``lr``, ``seconds``,
@@ -121,7 +123,8 @@ class Trainer:
                  mini_batch_size=100, optimizer="SGD", optimizer_param={"lr": 0.01},
                  evaluate_sample_num_per_epoch=None, verbose=True, *, seed=None, check_every=50,
                  comm=None, checkpoint=None, checkpoint_every=None, restart=False, log=None,
-                 callbacks=(), lr_schedule=None, warmup=0, early_stop=None, keep_best=False):
+                 callbacks=(), lr_schedule=None, warmup=0, early_stop=None, keep_best=False,
+                 compile=False):
         if (x_test is None) != (t_test is None):
             raise ValueError("Trainer: give both x_test and t_test, or neither")
         sizes = [_length(a) for a in (x_train, t_train)]
@@ -165,6 +168,13 @@ class Trainer:
         if (early_stop or keep_best) and x_test is None:
             raise ValueError("Trainer: early_stop and keep_best watch the validation set: give x_test and t_test")
         self.early_stop, self.keep_best = early_stop, keep_best
+        if compile and comm is not None:
+            raise ValueError("Trainer: compile=True is for one process; a distributed step sums "
+                             "gradients between the ranks outside the compiled program")
+        self._compiled = None
+        if compile:
+            from .compile import compile_step
+            self._compiled = compile_step(network, self.optimizer)
         self._best = {"val_loss": None, "val_acc": None, "bad_epochs": 0, "epoch": None}
         self._best_arrays: dict | None = None      # parameters of the best epoch by validation loss
         self.stopped_early = False
@@ -426,6 +436,8 @@ class Trainer:
     # ------------------------------------------------------------------ steps and evaluation
     def _step(self, x, t):
         """One optimizer step on a batch; returns its loss as computed (not read back)."""
+        if self._compiled is not None:
+            return self._compiled(x, t)
         grads = self.network.gradient(x, t)
         self.optimizer.update(self.network.params, grads)
         loss = getattr(getattr(self.network, "last_layer", None), "loss", None)

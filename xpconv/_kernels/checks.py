@@ -50,7 +50,7 @@ def check_same_place(who: str, ref_name: str, ref, *, same_dtype: bool = True, *
             raise TypeError(
                 f"{who}: {name} is a {_library(other)} array but {ref_name} is a {_library(ref)} "
                 f"array; put both in one library (e.g. xpconv.device(spec).asarray(xpconv.to_numpy(a)))")
-        if device(other) != ref_dev:
+        if device(other) != ref_dev and None not in (device(other), ref_dev):   # None: a tracer
             raise ValueError(
                 f"{who}: {name} is on device {device(other)} but {ref_name} is on {ref_dev}; "
                 f"move one of them (e.g. a.to_device(...)) -- xpconv never transfers silently")

@@ -92,7 +92,7 @@ def constant(value, like, dtype=None, *, key=None):
     else:
         def build(xp, dtype, where):
             return xp.asarray(value, dtype=dtype, device=where)
-    if isinstance(like, numpy.ndarray):
+    if isinstance(like, numpy.ndarray) or where is None:   # None: a tracer; never cache one
         return build(xp, dtype, where)
     cache_key = (type(like).__module__, str(where), str(dtype), repr(value) if key is None else key)
     try:

@@ -57,6 +57,9 @@ def add_parser(sub) -> None:
     t.add_argument("--early-stop", type=positive_int, default=None, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without a better validation loss and keep the "
                         "best epoch's parameters")
+    t.add_argument("--compile", action="store_true",
+                   help="compile the training step (one jax.jit program on --device jax; the plain "
+                        "step on other libraries)")
     t.add_argument("--keep-best", action="store_true",
                    help="with --checkpoint: also write the best model by validation accuracy to DIR/best.npz")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -144,7 +147,8 @@ def run(args) -> int:
                       optimizer_param={"lr": args.lr}, verbose=not args.quiet, seed=args.seed,
                       comm=comm, checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                       restart=args.restart, log=args.log, lr_schedule=args.lr_schedule,
-                      warmup=args.warmup, early_stop=args.early_stop, keep_best=args.keep_best)
+                      warmup=args.warmup, early_stop=args.early_stop, keep_best=args.keep_best,
+                      compile=args.compile)
     if args.checkpoint and not args.restart and (Path(args.checkpoint) / "last.npz").exists():
         say(f"xpconv train: resuming from {Path(args.checkpoint) / 'last.npz'} (--restart starts over)")
     start = time.perf_counter()

@@ -493,7 +493,8 @@ class Sequential:
         return check_labels(who, t, n, k)
 
     def _check_on_device(self, a, name):
-        if array_namespace(a) is not self.device.xp or array_device(a) != self.device.native:
+        where = array_device(a)                  # None: a tracer under a compiler (jax.jit)
+        if array_namespace(a) is not self.device.xp or (where is not None and where != self.device.native):
             raise ValueError(
                 f"{type(self).__name__}: {name} is on {_place(a)} but the model is on "
                 f"{_place(self.device)}; pass host NumPy data (moved for you) or "

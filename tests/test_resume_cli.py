@@ -60,20 +60,29 @@ def _assert_same(reference, path):
         np.testing.assert_array_equal(got[k], v, err_msg=k)
 
 
+def _wait_for_a_new_checkpoint(path, before, proc, deadline):
+    """Until ``path`` is written again (its mtime differs from ``before``) by ``proc``."""
+    while not path.exists() or path.stat().st_mtime_ns == before:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 def test_killed_at_random_moments_and_resumed_ends_bit_for_bit(tmp_path, reference):
+    """Each run is killed at a seeded random moment after it wrote a checkpoint of its own,
+    so every kill lands in training, never in start-up."""
     rng = np.random.default_rng(20261204)
     folder, out = tmp_path / "ck", tmp_path / "out.npz"
+    last = folder / ckpt.LAST
     command = TRAIN + ["--checkpoint", str(folder), "--checkpoint-every", "7", "--save", str(out)]
     kills = 0
     for _ in range(3):
+        before = last.stat().st_mtime_ns if last.exists() else None
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            first = not (folder / ckpt.LAST).exists()
-            if _wait_for(folder / ckpt.LAST, proc, time.monotonic() + TIMEOUT):
-                if first:
-                    time.sleep(rng.uniform(0.0, 0.4))      # after the first checkpoint, somewhere
-                else:
-                    time.sleep(rng.uniform(0.2, 0.6))
+            if _wait_for_a_new_checkpoint(last, before, proc, time.monotonic() + TIMEOUT):
+                time.sleep(rng.uniform(0.0, 0.3))
                 proc.kill()
                 kills += proc.wait(timeout=TIMEOUT) == -signal.SIGKILL
         finally:

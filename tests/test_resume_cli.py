@@ -201,7 +201,9 @@ def test_sigint_to_a_rank_or_the_launcher_ends_the_job_and_it_resumes_on_other_r
     finally:
         proc.kill()
         proc.wait(timeout=TIMEOUT)
-    assert proc.returncode != 0 and "interrupted" in err, err
+    assert proc.returncode != 0, err
+    if target == "one rank":        # mpiexec, interrupted itself, may end its ranks before they print
+        assert "interrupted" in err, err
     assert not out.exists()
     done = _run([mpiexec, "-n", "3", *command])
     assert done.returncode == 0, done.stderr

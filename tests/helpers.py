@@ -71,3 +71,22 @@ def traced_extra_bytes(fn) -> int:
     finally:
         tracemalloc.stop()
     return peak - _nbytes(out)
+
+
+def batch_norm_net(dtype: str, *, image: int = 12, classes: int = 10, device="cpu") -> xpconv.Sequential:
+    """A small network with BatchNormalization, seeded: conv 3x3 (4 filters, pad 1) - BN - ReLU -
+    max pool 2 - affine; x: (N, 1, image, image) -> (N, classes)."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    dev = xpconv.device(device)
+
+    def a(v):
+        return dev.asarray(np.asarray(v), dtype)
+    features = 4 * (image // 2) ** 2
+    return xpconv.Sequential([
+        ("Conv1", xpconv.Convolution(a(0.3 * rng.standard_normal((4, 1, 3, 3))), a(np.zeros(4)), pad=1)),
+        ("BN1", xpconv.BatchNormalization(a(np.ones(4)), a(np.zeros(4)))),
+        ("Relu1", xpconv.Relu()),
+        ("Pool1", xpconv.Pooling(2, 2)),
+        ("Flatten", xpconv.Flatten()),
+        ("Affine1", xpconv.Affine(a(0.1 * rng.standard_normal((features, classes))), a(np.zeros(classes))))])

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import xpconv
+from tests.helpers import batch_norm_net
 from xpconv import checkpoint as ckpt
 from xpconv.datasets import load_bundled_mnist
 
@@ -35,18 +36,7 @@ def deep_with_dropout(dtype):
 
 
 def with_batch_norm(dtype):
-    rng = np.random.default_rng(0)
-    dev = xpconv.device("cpu")
-
-    def a(v):
-        return dev.asarray(np.asarray(v), dtype)
-    return xpconv.Sequential([
-        ("Conv1", xpconv.Convolution(a(0.3 * rng.standard_normal((4, 1, 3, 3))), a(np.zeros(4)), pad=1)),
-        ("BN1", xpconv.BatchNormalization(a(np.ones(4)), a(np.zeros(4)))),
-        ("Relu1", xpconv.Relu()),
-        ("Pool1", xpconv.Pooling(2, 2)),
-        ("Flatten", xpconv.Flatten()),
-        ("Affine1", xpconv.Affine(a(0.1 * rng.standard_normal((144, 10))), a(np.zeros(10))))])
+    return batch_norm_net(dtype)
 
 
 MODELS = {"simple": simple, "deep-dropout": deep_with_dropout, "batchnorm": with_batch_norm}

@@ -147,14 +147,7 @@ class _JaxStep:
         saved_scalars = _host_scalars(opt)
         saved_begin = opt.__dict__.get("_begin")
         try:
-            for k, p in zip(self._names, params):
-                layer, attr, _ = net._bindings[k]
-                setattr(layer, attr, p)
-            for (layer, attr), b in zip(self._buffers, buffers):
-                setattr(layer, attr, b)
-            for name, arrays in state.items():
-                getattr(opt, name).clear()
-                getattr(opt, name).update(arrays)
+            self._bind(dict(zip(self._names, params)), buffers, state)
             vars(opt).update(scalars)
             opt._begin = lambda: None                 # done on the host, values passed in
             for layer, keep in zip(self._dropouts, masks):
@@ -177,15 +170,20 @@ class _JaxStep:
             else:
                 opt._begin = saved_begin
             vars(opt).update(saved_scalars)
-            for k, p in saved_params.items():
-                layer, attr, _ = net._bindings[k]
-                setattr(layer, attr, p)
-            for (layer, attr), b in zip(self._buffers, saved_buffers):
-                setattr(layer, attr, b)
-            for name, arrays in saved_state.items():
-                getattr(opt, name).clear()
-                getattr(opt, name).update(arrays)
+            self._bind(saved_params, saved_buffers, saved_state)
             _scrub(net)
+
+    def _bind(self, params: dict, buffers, state: dict) -> None:
+        """Put ``params`` (name -> array), ``buffers`` and the optimizer ``state`` (state name
+        -> param name -> array) into the layers and the optimizer."""
+        for k, p in params.items():
+            layer, attr, _ = self.net._bindings[k]
+            setattr(layer, attr, p)
+        for (layer, attr), b in zip(self._buffers, buffers):
+            setattr(layer, attr, b)
+        for name, arrays in state.items():
+            getattr(self.optimizer, name).clear()
+            getattr(self.optimizer, name).update(arrays)
 
 
 def _masked_forward(layer, keep):

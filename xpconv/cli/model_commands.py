@@ -36,7 +36,7 @@ def add_parsers(sub) -> None:
                    help="the input size of a Sequential model (the book's networks record theirs)")
     p.set_defaults(run=_predict)
 
-    x = sub.add_parser("export", help="write a saved model as ONNX (pip install \"xpconv[export]\")",
+    x = sub.add_parser("export", help="write a saved model as ONNX (python -m pip install \".[export]\")",
                        description="Write the inference network of a model file as ONNX (float32, "
                                    "dynamic batch size; output: the scores predict returns).")
     x.add_argument("model", metavar="MODEL", help="a model file written by --save / save_params")

@@ -64,7 +64,7 @@ def add_parser(sub) -> None:
                    help="with --checkpoint: also write the best model by validation accuracy to DIR/best.npz")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--distributed", action="store_true",
-                   help="data-parallel over the ranks of 'mpiexec -n N' (pip install \"xpconv[mpi]\"); "
+                   help="data-parallel over the ranks of 'mpiexec -n N' (python -m pip install \".[mpi]\"); "
                         "--batch-size stays the global batch; each rank uses its own GPU")
     t.add_argument("--timeout", type=float, default=600.0, metavar="SECONDS",
                    help="with --distributed: end the job when a rank waits longer than this in one "

@@ -7,6 +7,7 @@ and the filter gradient's sum over them are exercised.
 """
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import subprocess
@@ -18,7 +19,7 @@ import pytest
 
 import xpconv
 from tests.helpers import traced_extra_bytes
-from xpconv import functional as F, threads, workspace
+from xpconv import functional as F, thread_defaults, threads, workspace
 from xpconv.network import microbatch as _microbatch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -76,10 +77,13 @@ class _CountWorkerJobs:
 # ----------------------------------------------------------------------------- the knob
 
 def test_default_is_the_usable_cores():
-    """As ``torch.get_num_threads()``: every core this process may run on (its affinity)."""
+    """As ``torch.get_num_threads()``: every core this process may run on (its affinity,
+    within a container's CPU quota); ``tests/test_thread_defaults.py`` checks the rules."""
     assert threads.usable_cores() >= 1
     if hasattr(os, "sched_getaffinity"):
-        assert threads.usable_cores() == len(os.sched_getaffinity(0))
+        quota = thread_defaults.cgroup_quota()
+        affinity = len(os.sched_getaffinity(0))
+        assert threads.usable_cores() == (affinity if quota is None else min(affinity, math.ceil(quota)))
     out = _import_with_env("")
     assert out.returncode == 0 and out.stdout.strip() == str(threads.usable_cores()), out.stderr
     assert threads.DEFAULT_THREADS == threads.usable_cores()

@@ -28,6 +28,7 @@ from .model_io import load_model
 from .models import DeepConvNet, LeNet, SimpleConvNet
 from .network import Parameters, Sequential
 from .optimizers import SGD, AdaGrad, Adam, Momentum, Nesterov, RMSprop, get_optimizer
+from .thread_defaults import thread_report
 from .threads import get_num_threads, set_num_threads
 from .trainer import Trainer, TrainingDiverged, TrainingInterrupted
 from .workspace import get_workspace_limit, set_workspace_limit, workspace_limit
@@ -47,5 +48,5 @@ __all__ = [
     "Trainer", "TrainingDiverged", "TrainingInterrupted", "numerical_gradient", "load_model",
     # data, memory, threads
     "datasets", "distributed", "get_workspace_limit", "set_workspace_limit", "workspace_limit",
-    "get_num_threads", "set_num_threads",
+    "get_num_threads", "set_num_threads", "thread_report",
 ]

@@ -20,8 +20,13 @@ taken sample after sample in the order of the batch, whatever the chunks.
 Other libraries (torch, JAX, CuPy, array-api-strict) keep their own threading: their
 chunks are computed one after another, at the whole limit each.
 
-Default: the usable cores (:func:`usable_cores`), or ``XPCONV_NUM_THREADS``.
-``set_num_threads(1)`` is xpconv without threads (no pool, no ``threadpoolctl``).
+Default (:mod:`xpconv.thread_defaults`, decided once per process): the usable cores
+(affinity and container quota), shared by the ranks of an MPI job on this machine;
+``XPCONV_NUM_THREADS`` or :func:`set_num_threads` wins. The same decision caps BLAS and
+torch for an MPI rank and runs a small pass's matrix products at one BLAS thread
+(:func:`ensure_defaults`, :func:`blas_in_pass`); :func:`xpconv.thread_report` says what
+was decided and why. ``set_num_threads(1)`` is xpconv without threads (no pool, no
+``threadpoolctl`` outside an MPI job).
 
 >>> import xpconv
 >>> xpconv.set_num_threads(1)
@@ -32,11 +37,14 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import itertools
 import os
+import sys
 import threading
 import warnings
 
+from . import thread_defaults
 from .devices import is_host_numpy
 
 ENV_VAR = "XPCONV_NUM_THREADS"
@@ -48,58 +56,35 @@ MIN_THREADED_BYTES = 32 * 2**20
 
 
 def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity; ``os.cpu_count()`` where unknown)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):   # no sched_getaffinity on macOS and Windows
-        return max(1, os.cpu_count() or 1)
-
-
-def _threads_from_env(default: int) -> int:
-    """``XPCONV_NUM_THREADS`` (an int >= 1), else ``default``.
-
-    A bad value never stops ``import xpconv``: it is ignored with a warning.
-    """
-    text = os.environ.get(ENV_VAR)
-    if text is None or not text.strip():
-        return default
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        warnings.warn(f"{ENV_VAR}={text!r} is not a whole number of threads >= 1; ignoring it and "
-                      f"using the default of {default}", RuntimeWarning, stacklevel=2)
-        return default
-    return n
-
-
-# set by MPI launchers (MPICH/Hydra, Open MPI, MVAPICH, Slurm) in every rank: ranks on this machine
-_LOCAL_RANK_VARS = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE", "MV2_COMM_WORLD_LOCAL_SIZE",
-                    "SLURM_NTASKS_PER_NODE")
-_BLAS_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    """Cores this process may use: its CPU affinity, within its container's CPU quota
+    (``os.cpu_count()`` where the affinity is unknown)."""
+    return thread_defaults.machine_cores().usable
 
 
 def local_ranks() -> int:
     """How many ranks of an MPI job share this machine (1 outside a job), from the launcher's
-    environment: no variable needs to be set by hand."""
-    for name in _LOCAL_RANK_VARS:
-        text = os.environ.get(name, "").split("(")[0].split(",")[0].strip()   # Slurm: "2(x3)"
-        if text.isdigit() and int(text) >= 1:
-            return int(text)
-    return 1
+    environment (:data:`xpconv.thread_defaults.LOCAL_RANK_VARS`): no variable needs to be set
+    by hand."""
+    return thread_defaults.local_ranks()[0]
 
 
-# the default: the usable cores, shared by the ranks of an MPI job on this machine (each gets
-# cores / local ranks), so that ranks never fight over the cores (as torch.get_num_threads()
-# for one process)
-DEFAULT_THREADS = max(1, usable_cores() // local_ranks())
-_num_threads: int = _threads_from_env(DEFAULT_THREADS)
+# the decision for this process (xpconv.thread_defaults): the usable cores, shared by the
+# ranks of an MPI job on this machine (each gets its share), unless set explicitly
+DECISION = thread_defaults.decide(os.environ, thread_defaults.machine_cores())
+if DECISION.bad_env is not None:   # a bad value never stops ``import xpconv``
+    warnings.warn(f"{ENV_VAR}={DECISION.bad_env!r} is not a whole number of threads >= 1; ignoring "
+                  f"it and using the default of {DECISION.share}", RuntimeWarning, stacklevel=2)
+DEFAULT_THREADS = DECISION.share
+_num_threads: int = DECISION.workers
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_size = 0
 _pool_lock = threading.Lock()
+_defaults_lock = threading.Lock()
 _blas = None          # threadpoolctl.ThreadpoolController, built on first parallel use
 _in_worker = threading.local()   # .active: this thread is running a job of the pool
+_applied: dict = {}   # what ensure_defaults set: {"blas": n, "torch": n, "torch_before": n, ...}
+_blas_done = False    # the process-wide BLAS decision is applied (or there was nothing to apply)
+_torch_done = False   # the torch decision is applied (once torch is imported)
 
 
 def _forget_pool_after_fork() -> None:
@@ -112,28 +97,56 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pool_after_fork)
 
 
+def ensure_defaults() -> None:
+    """Apply this process's decision (:data:`DECISION`) to BLAS and torch, once; a flag
+    check after that.
+
+    BLAS: capped for the whole process at the rank's share in an MPI job with several
+    ranks on this machine (``threadpoolctl``), unless a BLAS/OpenMP variable is set.
+    torch: only once it is imported (xpconv never imports it for this), capped at the
+    rank's share likewise, unless ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` is set or
+    ``torch.set_num_threads`` was called before. One process on a machine keeps the
+    libraries' own counts. Called by xpconv's ops and networks and by ``distributed.init``.
+    """
+    global _blas_done, _torch_done
+    if _blas_done and (_torch_done or "torch" not in sys.modules):
+        return
+    with _defaults_lock:
+        torch = None if _torch_done else sys.modules.get("torch")
+        if torch is not None and not hasattr(torch, "get_num_threads"):   # torch still importing
+            torch = None
+        before = None if torch is None else torch.get_num_threads()  # read first: a BLAS cap on
+        if not _blas_done:                                            # torch's MKL can change it
+            if DECISION.blas is not None:
+                from threadpoolctl import threadpool_limits
+                threadpool_limits(limits=DECISION.blas, user_api="blas")
+                _applied["blas"] = DECISION.blas
+            _blas_done = True
+        if torch is not None and before is not None:
+            n, _ = thread_defaults.torch_threads(DECISION, os.environ, before)
+            _applied["torch_before"] = before
+            if n is not None and n != before:
+                torch.set_num_threads(n)
+                _applied["torch"] = n
+                try:    # possible only before torch's inter-op pool has started
+                    torch.set_num_interop_threads(n)
+                    _applied["torch_interop"] = n
+                except RuntimeError:
+                    pass
+            _torch_done = True
+
+
+def applied() -> dict:
+    """What :func:`ensure_defaults` has set so far, e.g. ``{"blas": 1, "torch": 1}``
+    (``torch_before``: torch's count before xpconv looked at it)."""
+    return dict(_applied)
+
+
 def share_cores_between_ranks() -> dict:
-    """In an MPI job with several ranks on this machine, limit BLAS (``threadpoolctl``) and
-    torch (when imported) to this rank's share of the cores, as xpconv's own threads are:
-    ``usable cores // local ranks``. An explicit setting wins: nothing is changed for BLAS
-    when ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``/``MKL_NUM_THREADS`` is set, nor for
-    torch when ``torch.set_num_threads`` was given another count than torch's default.
-    Called by :func:`xpconv.distributed.init`. Returns what was set, e.g.
-    ``{"blas": 1, "torch": 1}``."""
-    import sys
-    done: dict = {}
-    if local_ranks() <= 1:
-        return done
-    share = DEFAULT_THREADS
-    if not any(os.environ.get(v) for v in _BLAS_VARS):
-        from threadpoolctl import threadpool_limits
-        threadpool_limits(limits=share, user_api="blas")
-        done["blas"] = share
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.get_num_threads() == usable_cores():
-        torch.set_num_threads(share)
-        done["torch"] = share
-    return done
+    """:func:`ensure_defaults` under its former name (called by :func:`xpconv.distributed.init`);
+    returns what was set, e.g. ``{"blas": 1, "torch": 1}``."""
+    ensure_defaults()
+    return {k: v for k, v in _applied.items() if k in ("blas", "torch")}
 
 
 def get_num_threads() -> int:
@@ -155,7 +168,9 @@ def set_num_threads(n: int) -> None:
 def workers(like) -> int:
     """Workers that jobs on ``like``'s arrays run on: the thread count on host NumPy, 1 for
     every other library (they have their own threading), and 1 when called from a job of
-    the pool (an op inside an op, an op inside a micro-batch)."""
+    the pool (an op inside an op, an op inside a micro-batch). Applies the process's
+    thread decision on first use (:func:`ensure_defaults`)."""
+    ensure_defaults()
     if _num_threads == 1 or getattr(_in_worker, "active", False) or not is_host_numpy(like):
         return 1
     return _num_threads
@@ -165,7 +180,25 @@ def workers_for(like, op_bytes: int) -> int:
     """Workers for one op whose whole batch holds ``op_bytes`` of scratch: ``workers(like)``,
     or 1 for an op smaller than :data:`MIN_THREADED_BYTES` (too small to pay for the threads'
     hand-offs)."""
-    return 1 if op_bytes < MIN_THREADED_BYTES else workers(like)
+    if op_bytes < MIN_THREADED_BYTES:
+        ensure_defaults()
+        return 1
+    return workers(like)
+
+
+def blas_in_pass(like, samples: int):
+    """Context for a network's pass over ``samples`` samples of ``like``'s library: BLAS at
+    one thread (``threadpoolctl``, restored after) on host NumPy for a pass of at most
+    ``thread_defaults.SMALL_PASS`` samples while xpconv runs more than one thread, as inside
+    the workers: such a pass's matrix products are too small to gain much from BLAS's
+    threads, whose spinning between them costs the most when other processes want the
+    cores. Nothing is changed when a BLAS/OpenMP thread variable is set (it wins), with one
+    xpconv thread, on other libraries, inside a worker, or for a larger pass."""
+    ensure_defaults()
+    if (DECISION.blas_in_passes is None or _num_threads == 1 or samples > thread_defaults.SMALL_PASS
+            or getattr(_in_worker, "active", False) or not is_host_numpy(like)):
+        return contextlib.nullcontext()
+    return _blas_limit(DECISION.blas_in_passes)
 
 
 def imap_chunks(fn, chunks: list[tuple[int, int]], n: int):
@@ -222,7 +255,8 @@ def _get_pool(n: int) -> concurrent.futures.ThreadPoolExecutor:
 def _core_binder(n: int):
     """The pool's initializer: it binds each new worker to a core of its own, in the order
     the workers start, when there is one worker per usable core (Linux); None (no binding)
-    otherwise.
+    otherwise, and never with several ranks of an MPI job on this machine (two ranks would
+    bind their workers to the same cores).
 
     Unbound, the workers woken for a job after an idle moment were often put on one core
     for the job's first milliseconds: a SimpleConvNet step of two micro-batches then took
@@ -230,12 +264,9 @@ def _core_binder(n: int):
     workers than cores nothing is bound: two processes would bind theirs to the same cores
     and leave the others idle.
     """
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except (AttributeError, OSError):   # no sched_getaffinity on macOS and Windows
+    if not binds_workers(n):
         return None
-    if n != len(cores):
-        return None
+    cores = sorted(os.sched_getaffinity(0))
     order = itertools.count()
 
     def bind():
@@ -246,10 +277,25 @@ def _core_binder(n: int):
     return bind
 
 
-def _blas_one_thread():
-    """Context: BLAS at one thread (threadpoolctl; imported on first use)."""
+def binds_workers(n: int) -> bool:
+    """Whether a pool of ``n`` workers binds each to a core: one worker per usable core, on
+    Linux, in a process that is alone on the machine (not one of several MPI ranks here)."""
+    try:
+        cores = os.sched_getaffinity(0)
+    except (AttributeError, OSError):   # no sched_getaffinity on macOS and Windows
+        return False
+    return n == len(cores) and DECISION.local_ranks == 1
+
+
+def _blas_limit(n: int):
+    """Context: BLAS at ``n`` threads (threadpoolctl; imported on first use), restored after."""
     global _blas
     if _blas is None:
         from threadpoolctl import ThreadpoolController  # lazily: only with threads
         _blas = ThreadpoolController()   # finds the loaded BLAS libraries once
-    return _blas.limit(limits=1, user_api="blas")
+    return _blas.limit(limits=n, user_api="blas")
+
+
+def _blas_one_thread():
+    """Context: BLAS at one thread, restored after."""
+    return _blas_limit(1)

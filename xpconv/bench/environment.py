@@ -85,6 +85,11 @@ def collect_environment(command: str, uses_cuda: bool) -> dict[str, Any]:
         "thread_env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                                                  "MKL_NUM_THREADS") if k in os.environ},
     }
+    try:    # what xpconv decided for its threads, BLAS and torch, and why
+        from xpconv.thread_defaults import thread_report
+        env["threads"] = thread_report()
+    except Exception as exc:
+        env["threads"] = {"error": error_text(exc)}
     torch = sys.modules.get("torch")
     if torch is not None:
         env["torch_threads"] = torch.get_num_threads()

@@ -278,10 +278,11 @@ class Sequential:
         if _microbatch.applies(self, x):
             t = self._labels(f"{type(self).__name__}.gradient", t, x.shape[0], None)
             return _microbatch.gradient(self, self._bindings, x, t)
-        self.loss(x, t, train_flg=True)
-        dout = self.last_layer.backward()
-        for layer in reversed(self.layers.values()):
-            dout = layer.backward(dout)
+        with _microbatch.one_pass(x):   # BLAS at one thread for a small pass (xpconv.threads)
+            self.loss(x, t, train_flg=True)
+            dout = self.last_layer.backward()
+            for layer in reversed(self.layers.values()):
+                dout = layer.backward(dout)
         return {name: getattr(layer, gattr) for name, (layer, _, gattr) in self._bindings.items()}
 
     def numerical_gradient(self, x, t, eps=1e-4):

@@ -76,6 +76,13 @@ def predictions(network, x, batches):
     yield from threads.imap_chunks(predict, batches, threads.workers(x))
 
 
+def one_pass(x):
+    """Context for a one-pass ``gradient`` over ``x: (N, ...)``: on host NumPy, a pass of at
+    most ``MICRO_BATCH`` samples runs its matrix products at one BLAS thread, as a
+    micro-batch does on a worker (``threads.blas_in_pass``; restored after)."""
+    return threads.blas_in_pass(x, x.shape[0])
+
+
 def _sample_wise(network) -> bool:
     return all(type(layer) in SAMPLE_WISE for layer in network.layers.values())
 

@@ -17,7 +17,7 @@ def render() -> str:
     out = ["# Command line", "",
            "Generated from the parsers by `docs/gen_cli.py`. Every command prints `--help`. Expected",
            "failures print one line, `xpconv COMMAND: error: ...`, and exit with 1; option errors print",
-           "the usage and exit with 2, as argparse does; SIGINT exits with 130 and SIGTERM with 143.", ""]
+           "the usage and exit with 2, as argparse does; SIGINT exits with 130, SIGTERM with 143 and SIGHUP with 129.", ""]
     for name, sub in subparsers.choices.items():
         if name == "bench":
             text = "Options: `xpconv bench --help` (parsed by `xpconv.bench.cli`)."

@@ -135,9 +135,14 @@ def test_divergence_in_a_fresh_process_prints_exactly_one_line(tiny_npz):
     assert result.stderr.startswith("xpconv train: error: Trainer: the loss became")
 
 
-@pytest.mark.filterwarnings("ignore:load_npz_dataset.*non-finite:RuntimeWarning")   # the data is bad on purpose
-def test_nan_in_the_data_is_one_line(npz_with, capsys):
+def test_nan_in_the_data_is_refused_in_one_line(npz_with, capsys):
     code = cli.main([*TRAIN, "--data", npz_with(np.arange(40) % 2, nan=True)])
+    one_line_error(capsys, code, "'x' (the training images) holds", "non-finite", "--allow-non-finite")
+
+
+@pytest.mark.filterwarnings("ignore:load_npz_dataset.*non-finite:RuntimeWarning")   # the data is bad on purpose
+def test_nan_in_the_data_allowed_diverges_in_one_line(npz_with, capsys):
+    code = cli.main([*TRAIN, "--data", npz_with(np.arange(40) % 2, nan=True), "--allow-non-finite"])
     one_line_error(capsys, code, "loss became nan")
 
 

@@ -503,8 +503,11 @@ def test_npz_dataset_reads_only_what_it_needs_within_a_cap(tmp_path):
     assert peak < 4 << 20            # the unused member is never decompressed
     (x, _), _ = load_npz_dataset(path, max_bytes=10 * 16 + 10 * 8)
     assert x.shape == (8, 1, 4, 4)
+    load_npz_dataset(path, max_bytes=100)   # stored members are memory-mapped: no data is read
+    deflated = tmp_path / "deflated.npz"
+    np.savez_compressed(deflated, x=np.zeros((10, 4, 4), np.uint8), t=np.arange(10) % 2)
     with pytest.raises(ValueError, match="max_bytes"):
-        load_npz_dataset(path, max_bytes=100)
+        load_npz_dataset(deflated, max_bytes=100)
 
 
 def test_npz_dataset_huge_declared_shape_is_a_clear_error(tmp_path):
@@ -519,7 +522,8 @@ def test_npz_dataset_huge_declared_shape_is_a_clear_error(tmp_path):
 
 
 def test_npz_dataset_cap_from_the_environment(tmp_path, monkeypatch):
-    path = _write(tmp_path / "d.npz", x=np.zeros((10, 32, 32), np.uint8), t=np.zeros(10, int))
+    path = tmp_path / "d.npz"   # deflated: read into memory, so the cap applies
+    np.savez_compressed(path, x=np.zeros((10, 32, 32), np.uint8), t=np.zeros(10, int))
     monkeypatch.setenv("XPCONV_MAX_LOAD_MB", "0.001")
     with pytest.raises(ValueError, match="max_bytes"):
         load_npz_dataset(path)
@@ -538,7 +542,7 @@ def test_npz_dataset_one_hot_of_huge_labels_is_refused(tmp_path):
     assert peak < 1 << 20
 
 
-def test_npz_dataset_refuses_pickles_and_warns_on_nan(tmp_path):
+def test_npz_dataset_refuses_pickles_and_non_finite_images(tmp_path):
     path = tmp_path / "d.npz"
     path.write_bytes(pickle.dumps({"x": np.zeros((4, 2, 2)), "t": np.zeros(4, int)}, protocol=4))
     with pytest.raises(ValueError, match="pickle"):
@@ -546,7 +550,17 @@ def test_npz_dataset_refuses_pickles_and_warns_on_nan(tmp_path):
     x = np.zeros((4, 2, 2))
     x[1, 0, 0] = np.nan
     path = _write(tmp_path / "n.npz", x=x, t=np.zeros(4, int))
-    with pytest.warns(RuntimeWarning, match="non-finite .* in x"):
+    with pytest.raises(ValueError, match=r"'x' \(the training images\) holds 1 non-finite value"):
+        load_npz_dataset(path, val_fraction=0.25, seed=0)
+    with pytest.warns(RuntimeWarning, match="holds 1 non-finite value"):
+        load_npz_dataset(path, val_fraction=0.25, seed=0, allow_non_finite=True)
+
+
+def test_npz_dataset_refuses_non_finite_validation_images(tmp_path):
+    x, x_test = np.zeros((4, 2, 2), np.float32), np.zeros((3, 2, 2), np.float32)
+    x_test[2, 1, 1], x_test[0, 0, 0] = np.inf, np.nan
+    path = _write(tmp_path / "v.npz", x=x, t=np.arange(4) % 2, x_test=x_test, t_test=np.arange(3) % 2)
+    with pytest.raises(ValueError, match=r"'x_test' \(the validation images\) holds 2 non-finite values"):
         load_npz_dataset(path)
 
 

@@ -95,7 +95,7 @@ def test_killed_at_random_moments_and_resumed_ends_bit_for_bit(tmp_path, referen
     _assert_same(reference, out)
 
 
-@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+@pytest.mark.parametrize("signum,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130), (signal.SIGHUP, 129)])
 def test_sigterm_and_sigint_checkpoint_say_how_to_resume_and_exit(tmp_path, reference, signum, code):
     folder, out = tmp_path / "ck", tmp_path / "out.npz"
     command = TRAIN + ["--checkpoint", str(folder), "--checkpoint-every", "7", "--save", str(out)]

@@ -464,13 +464,33 @@ def test_a_save_in_progress_is_left_alone(tmp_path):
 
 
 @needs_signals
-def test_sigterm_during_a_save_leaves_no_temp(tmp_path):
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGHUP"])
+def test_sigterm_or_sighup_during_a_save_leaves_no_temp(tmp_path, signum):
+    signum = getattr(signal, signum)
     path = tmp_path / "params.npz"
     save_arrays(path, {"old": np.arange(3.0)})
     before = path.read_bytes()
     with _saving_in_another_process(path) as proc:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == -signal.SIGTERM    # still ends as SIGTERM does
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == -signum    # still ends as the signal does
+    assert _temps(tmp_path) == [] and path.read_bytes() == before
+
+
+def test_ctrl_c_during_a_save_stays_a_keyboard_interrupt(tmp_path, monkeypatch):
+    path = tmp_path / "params.npz"
+    save_arrays(path, {"old": np.arange(3.0)})
+    before = path.read_bytes()
+    open_member, handles = zipfile.ZipFile.open, []
+
+    def interrupted(self, *args, **kwargs):
+        handles.append(open_member(self, *args, **kwargs))  # Ctrl-C right after a member is opened
+        raise KeyboardInterrupt                              # for writing: zipfile's close would refuse
+
+    monkeypatch.setattr(zipfile.ZipFile, "open", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        save_arrays(path, {"new": np.ones(4)})
+    assert info.value.__context__ is None
+    monkeypatch.setattr(zipfile.ZipFile, "open", open_member)
     assert _temps(tmp_path) == [] and path.read_bytes() == before
 
 

@@ -7,7 +7,7 @@ array-api-strict.
 >>> net.predict(x).shape                                   # doctest: +SKIP
 (N, 10)
 """
-from . import datasets, distributed, functional
+from . import _startup, datasets, distributed, functional  # noqa: F401  (_startup first: Ctrl-C while starting)
 from .compile import compile_step
 from .devices import Device, available_devices, device, to_numpy
 from .gradcheck import numerical_gradient

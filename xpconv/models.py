@@ -12,6 +12,7 @@ from ._kernels.checks import as_index
 from ._kernels.geometry import window2d
 from .devices import device as resolve_device, host_rng
 from .layers import Affine, Convolution, Dropout, Flatten, Pooling, Relu, Sigmoid
+from .memory import require
 from .network import Sequential
 
 __all__ = ["SimpleConvNet", "DeepConvNet", "LeNet"]
@@ -30,10 +31,16 @@ class _Init:
         if seed is not None:
             as_index(who, "seed (None or an int >= 0)", seed, minimum=0)
         self.device = resolve_device(device)
-        self.dtype = dtype
+        self.who, self.dtype = who, dtype
         self.rng = host_rng(seed)
 
     def normal(self, shape, std):
+        """Host float64 N(0, std^2) draws of ``shape``, on the device in the model's dtype;
+        refused first (one line) if the draw would not fit the memory available."""
+        count = math.prod(shape)
+        require(count * 8 * 3, who=self.who,
+                what=f"a weight of shape {shape} ({count:,} values; the input size sets it)",
+                hint="use smaller images")
         return self.device.asarray(std * self.rng.standard_normal(shape), dtype=self.dtype)
 
     def zeros(self, shape):

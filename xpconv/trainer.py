@@ -40,13 +40,18 @@ class TrainingDiverged(FloatingPointError):
     """The training loss (or the network's output) became NaN or infinite."""
 
 
+# a terminal closing (SIGHUP) stops training like SIGTERM: checkpoint, then exit
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, n))
+
+
 class TrainingInterrupted(Exception):
-    """SIGTERM or SIGINT stopped training at a step boundary, after a checkpoint was written.
+    """SIGTERM, SIGINT or SIGHUP stopped training at a step boundary, after a checkpoint was written.
 
     Attributes:
-        signum: the signal (``signal.SIGTERM`` or ``signal.SIGINT``).
+        signum: the signal (``signal.SIGTERM``, ``signal.SIGINT`` or ``signal.SIGHUP``).
         path: the checkpoint written, or None without ``checkpoint=``.
-        exit_code: ``128 + signum`` (143 for SIGTERM, 130 for SIGINT), what a shell expects.
+        exit_code: ``128 + signum`` (143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP), what a
+            shell expects.
     """
 
     def __init__(self, signum: int, path: Path | None, where: str):
@@ -416,8 +421,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self):
-        """SIGTERM/SIGINT: stop at the next step boundary with a checkpoint (a second SIGINT
-        stops at once). Only with ``checkpoint``, and only on the main thread."""
+        """SIGTERM/SIGINT/SIGHUP: stop at the next step boundary with a checkpoint (a second
+        SIGINT stops at once). Only with ``checkpoint``, and only on the main thread."""
         if self.checkpoint is None or threading.current_thread() is not threading.main_thread():
             return None
 
@@ -426,7 +431,7 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop_signal = signum
 
-        return {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        return {s: signal.signal(s, handler) for s in _STOP_SIGNALS}
 
     @staticmethod
     def _restore_signal_handlers(previous) -> None:
@@ -437,6 +442,8 @@ class Trainer:
     def _step(self, x, t):
         """One optimizer step on a batch; returns its loss as computed (not read back)."""
         if self._compiled is not None:
+            if dtype_name(x) == "uint8":
+                x = self.network._input(x)   # the compiled program takes the scaled batch
             return self._compiled(x, t)
         grads = self.network.gradient(x, t)
         self.optimizer.update(self.network.params, grads)
@@ -529,13 +536,16 @@ class Trainer:
         return None if dev is None else resolve_device(dev)
 
     def _place(self, x):
-        """Host data on the network's device in its parameters' dtype; else as given."""
+        """Host data on the network's device in its parameters' dtype (uint8 images stay
+        uint8 for xpconv's models, which scale them per batch); else as given."""
         dev = self._device()
         if is_array_api_obj(x) and not is_host_numpy(x):
             return x
         x = to_numpy(x)
         if dev is None:
             return x
+        if x.dtype == numpy.uint8 and callable(getattr(self.network, "_input", None)):
+            return dev.asarray(x)   # 8-bit images stay 8-bit: the model scales each batch by 1/255
         return dev.asarray(x, dtype=dtype_name(next(iter(self.network.params.values()))))
 
     def _classes(self):
@@ -639,7 +649,9 @@ def _digest(*arrays) -> str:
             continue
         host = numpy.ascontiguousarray(to_numpy(a))
         h.update(f"{host.shape}{host.dtype}".encode())
-        h.update(host.tobytes())
+        flat = host.reshape(-1).view(numpy.uint8)
+        for i in range(0, flat.size, 64 << 20):   # no copy of the data: a memory map stays one
+            h.update(memoryview(flat[i:i + (64 << 20)]))  # type: ignore[arg-type]  # arrays are buffers
     return h.hexdigest()
 
 

@@ -16,6 +16,8 @@ __all__ = ["main"]
 
 
 def main(argv=None) -> int:
+    from .._startup import restore
+    restore()   # Ctrl-C is KeyboardInterrupt again: the commands stop cleanly on it
     parser = _parser()
     args, rest = parser.parse_known_args(argv)
     if getattr(args, "command", None) == "bench":

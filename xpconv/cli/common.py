@@ -13,11 +13,13 @@ OPTIMIZERS = ("SGD", "Momentum", "Nesterov", "AdaGrad", "RMSprop", "Adam")
 
 # Failures a user can cause and fix (bad option, file, data, divergence): one line, exit 1.
 # FloatingPointError covers xpconv.TrainingDiverged. Option errors are argparse's: usage, exit 2.
-EXPECTED_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError)
+EXPECTED_ERRORS = (ValueError, TypeError, OSError, RuntimeError, FloatingPointError, MemoryError)
 
 
 def one_line(exc: BaseException) -> str:
     """The message of ``exc`` on one line (its type's name if it has none)."""
+    if isinstance(exc, MemoryError) and not str(exc):
+        return "out of memory (MemoryError); use a smaller --batch-size, fewer or smaller images"
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
@@ -39,22 +41,39 @@ def fail_on_this_rank(message: str) -> None:
     comm.abort(1)
 
 
-def check_writable(path, option="--save") -> None:
-    """Output ``path`` of --save or --json: its folder exists and takes a new file; not a folder.
-    A symlink is checked where it points (the file that will be written)."""
+def save_path(path: str) -> str:
+    """--save's file: ``PATH`` as given, or ``PATH/model.npz`` for a PATH that ends in a
+    separator (the folder is created if its parent exists)."""
+    if path.endswith(("/", os.sep)):
+        folder = Path(path)
+        if not folder.is_dir():
+            if not folder.parent.is_dir():
+                raise ValueError(f"--save {path}: the folder {folder.parent} does not exist; create it first")
+            folder.mkdir()
+        return str(folder / "model.npz")
+    return path
+
+
+def check_writable(path, option="--save", *, force: bool = False) -> None:
+    """Output ``path`` of --save, --log, --plot or --json: its folder exists and takes a new
+    file; not a folder; an existing read-only file only with ``force``. A symlink is checked
+    where it points (the file that will be written)."""
     target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     folder = target.parent
     if target.is_dir():
-        raise ValueError(f"{option} {path}: is a folder; give the name of a file in it")
+        raise ValueError(f"{option} {path}: is a folder; give the name of a file in it"
+                         + (" (or end it with / to write model.npz there)" if option == "--save" else ""))
     if not folder.is_dir():
         raise ValueError(f"{option} {path}: the folder {folder} does not exist; create it first")
-    try:   # the only sure test (permissions, read-only file systems): write a file there
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".xpconv-write-test-")
+    if target.exists() and not force and (not target.stat().st_mode & 0o222 or not os.access(target, os.W_OK)):
+        raise ValueError(f"{option} {path}: the file is read-only; it is left as it is (--force replaces it)")
+    try:   # the only sure test (permissions, read-only file systems): create a file there,
+        # one without a name where the OS allows (O_TMPFILE), so that a kill leaves nothing
+        with tempfile.TemporaryFile(dir=folder):
+            pass
     except OSError as exc:
         raise ValueError(f"{option} {path}: cannot write in the folder {folder} "
                          f"({exc.strerror or exc})") from None
-    os.close(fd)
-    os.unlink(probe)
 
 
 def positive_int(text: str) -> int:

@@ -8,7 +8,16 @@ import time
 import warnings
 from pathlib import Path
 
-from .common import MODELS, OPTIMIZERS, check_free_space, check_writable, non_negative_int, optimizer_name, positive_int
+from .common import (
+    MODELS,
+    OPTIMIZERS,
+    check_free_space,
+    check_writable,
+    non_negative_int,
+    optimizer_name,
+    positive_int,
+    save_path,
+)
 
 MAX_CLASSES = 10_000   # labels must be 0..K-1 with K at most this (the output layer has K units)
 
@@ -36,9 +45,16 @@ def add_parser(sub) -> None:
     t.add_argument("--channels-last", action="store_true",
                    help="the .npz images are (N, H, W, C): transpose them to (N, C, H, W)")
     t.add_argument("--limit", type=positive_int, default=None, metavar="N",
-                   help="use only the first N training and test images (quick trials)")
+                   help="use only the first N training and test images (quick trials); of an .npz, "
+                        "only those are read")
+    t.add_argument("--allow-non-finite", action="store_true",
+                   help="train on float images that hold NaN or Inf (refused by default) with a warning")
     t.add_argument("--dtype", choices=("float32", "float64"), default="float32")
-    t.add_argument("--save", metavar="PATH", help="write the trained parameters here (.npz)")
+    t.add_argument("--save", metavar="PATH",
+                   help="write the trained model here (.npz); a PATH ending in / is a folder: "
+                        "PATH/model.npz")
+    t.add_argument("--force", action="store_true",
+                   help="replace a read-only --save file (refused by default)")
     t.add_argument("--checkpoint", metavar="DIR",
                    help="keep checkpoints in DIR (last.npz, history.csv): written every "
                         "--checkpoint-every steps, at every epoch end and on SIGTERM/SIGINT; started "
@@ -79,10 +95,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from .. import DeepConvNet, LeNet, SimpleConvNet, Trainer
     from ..datasets import DatasetUnavailableError, load_dataset
-    from ..devices import device
+    from ..devices import device, is_host_numpy
 
     if args.save:
-        check_writable(args.save)     # before any data is loaded or a step is run
+        args.save = save_path(args.save)
+        check_writable(args.save, force=args.force)     # before any data is loaded or a step is run
     if args.log:
         check_writable(args.log, option="--log")
     if args.plot:
@@ -110,7 +127,7 @@ def run(args) -> int:
     name = args.data or "mnist"
     if root:   # rank 0 loads (and downloads) first; the others then load what it chose
         try:
-            data = load_dataset(name, progressbar=False if args.quiet else None, **_split_args(args))
+            data = load_dataset(name, progressbar=False if args.quiet else None, **_load_args(args))
         except DatasetUnavailableError as exc:
             if args.data is not None:   # one line; the full message lists every mirror's error
                 raise DatasetUnavailableError(f"{str(exc).splitlines()[0]}; --data mnist-bundled works "
@@ -119,15 +136,15 @@ def run(args) -> int:
                 print(f"xpconv train: full MNIST unavailable ({str(exc).splitlines()[0]}); using the "
                       f"bundled MNIST test set instead (8,000 train / 2,000 validation)", file=sys.stderr)
             name = "mnist-bundled"
-            data = load_dataset(name)
+            data = load_dataset(name, **_load_args(args))
     if comm is not None:
         name = comm.broadcast_object(name)
         if not root:
-            data = load_dataset(name, **_split_args(args))
+            data = load_dataset(name, **_load_args(args))
     (x_train, t_train), (x_test, t_test) = data
     class_names = getattr(data, "classes", None)
-    if args.limit:
-        x_train, t_train, x_test, t_test = (a[:args.limit] for a in (x_train, t_train, x_test, t_test))
+    if len(x_train) == 0:
+        raise ValueError(f"data {name}: 0 training images; expected at least 1")
     classes = _class_count(name, t_train, t_test)
     input_dim = tuple(x_train.shape[1:])
     model_class = {"simple": SimpleConvNet, "deep": DeepConvNet, "lenet": LeNet}[args.model]
@@ -135,6 +152,13 @@ def run(args) -> int:
     network = model_class(**kwargs)
     if class_names and len(class_names) == classes:
         network.class_names = list(class_names)     # saved with the model: predict names them
+    if is_host_numpy(next(iter(network.params.values()))):   # before the first step allocates it
+        from ..memory import OPTIMIZER_SLOTS, require, training_bytes
+        batch = args.batch_size if comm is None else -(-args.batch_size // comm.size)
+        require(training_bytes(network, input_dim, batch, OPTIMIZER_SLOTS.get(args.optimizer, 2)),
+                who="xpconv train",
+                what=f"training {model_class.__name__} on {'x'.join(map(str, input_dim))} images at batch {batch}",
+                hint="use a smaller --batch-size or smaller images")
     if args.save and root:
         check_free_space(args.save, sum(a.nbytes for a in network.state_arrays().values()))
     ranks = "" if comm is None else (f" (global, over {comm.size} rank{'s' if comm.size > 1 else ''}, "
@@ -198,9 +222,12 @@ def _save_or_keep(network, path, checkpoint) -> None:
                   f"{fallback}")
 
 
-def _split_args(args) -> dict:
-    """--val-fraction and --channels-last as load_dataset keywords (the same on every rank)."""
-    return dict(val_fraction=args.val_fraction, channels_last=True if args.channels_last else None)
+def _load_args(args) -> dict:
+    """load_dataset's keywords from the options (the same on every rank): images stay in
+    their stored dtype (8-bit images are scaled per batch; an .npz is memory-mapped where
+    stored), only --limit samples are read."""
+    return dict(val_fraction=args.val_fraction, channels_last=True if args.channels_last else None,
+                limit=args.limit, keep_dtype=True, allow_non_finite=args.allow_non_finite)
 
 
 def _class_count(name, t_train, t_test) -> int:

@@ -244,7 +244,7 @@ def load_image_folder_arrays(root: str | os.PathLike, *, size: tuple[int, int] |
 def load_image_folder(root: str | os.PathLike, normalize: bool | None = None, flatten: bool = False,
                       one_hot_label: bool = False, val_fraction: float = 0.2, *, seed: int = 0,
                       size: tuple[int, int] | None = None, data_dir: str | os.PathLike | None = None,
-                      cache: bool = True, max_bytes: int | None = None) -> DataSplits:
+                      cache: bool = True, max_bytes: int | None = None, keep_dtype: bool = False) -> DataSplits:
     """Load a folder of images, one subfolder per class, split for training and validation.
 
     Args:
@@ -260,6 +260,7 @@ def load_image_folder(root: str | os.PathLike, normalize: bool | None = None, fl
         data_dir: cache folder root (default ``$XPCONV_DATA`` or ``pooch.os_cache("xpconv")``).
         cache: False: neither read nor write the cache.
         max_bytes: cap on the one-hot labels (default as :func:`load_npz_dataset`).
+        keep_dtype: the images stay uint8 (scaled per batch by the Trainer and the models).
 
     Returns:
         ``((x_train, t_train), (x_val, t_val))`` as a :class:`DataSplits` whose
@@ -277,5 +278,5 @@ def load_image_folder(root: str | os.PathLike, normalize: bool | None = None, fl
     train_idx, val_idx = stratified_split(t, val_fraction, seed=seed, who=f"{_WHO}: {root}")
     train, val = finish((x[train_idx], t[train_idx]), (x[val_idx], t[val_idx]), normalize=normalize,
                         flatten=flatten, one_hot_label=one_hot_label, budget=budget, who=_WHO,
-                        source=str(root))
+                        source=str(root), keep_dtype=keep_dtype)
     return DataSplits(train, val, classes=classes, source=str(root))

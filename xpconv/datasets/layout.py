@@ -51,15 +51,21 @@ def as_nchw(x: np.ndarray, *, channels_last: bool | None = None, who: str, sourc
 
 def to_float(x: np.ndarray, normalize: bool | None = True) -> np.ndarray:
     """float32 images: uint8 scaled by 1/255 (unless ``normalize`` is False); others unchanged."""
+    from ..memory import require
+    require(x.size * 4, who="to_float", what=f"float32 images {x.shape}",
+            hint="keep them in their stored dtype (load_dataset(..., keep_dtype=True); xpconv train does)")
+    y = x.astype(np.float32)
     if x.dtype == np.uint8 and normalize in (None, True):
-        return x.astype(np.float32) / np.float32(255.0)
-    return x.astype(np.float32)
+        y /= np.float32(255.0)     # in place: no second float copy
+    return y
 
 
-def finish(train, val, *, normalize, flatten, one_hot_label, budget, who, source):
-    """Scale, flatten and one-hot both parts: ``((x, t), (x_val, t_val))`` as the book returns them."""
+def finish(train, val, *, normalize, flatten, one_hot_label, budget, who, source, keep_dtype=False):
+    """Scale, flatten and one-hot both parts: ``((x, t), (x_val, t_val))`` as the book returns them
+    (``keep_dtype``: the images stay in their stored dtype)."""
     (x, t), (x_val, t_val) = train, val
-    x, x_val = to_float(x, normalize), to_float(x_val, normalize)
+    if not keep_dtype:
+        x, x_val = to_float(x, normalize), to_float(x_val, normalize)
     if flatten:
         x, x_val = x.reshape(len(x), -1), x_val.reshape(len(x_val), -1)
     if one_hot_label:

@@ -18,10 +18,11 @@ capped (``max_bytes``; default ``XPCONV_MAX_LOAD_MB`` MiB if set, else 4 GiB).
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
-from ..serialization import max_load_bytes, open_npz, warn_non_finite
+from ..serialization import max_load_bytes, open_npz
 from .layout import as_nchw, finish, to_float
 from .result import DataSplits
 from .split import check_val_fraction, stratified_split, warn_unseen_classes
@@ -63,8 +64,38 @@ def _labels(t: np.ndarray, key: str, path: str) -> np.ndarray:
     return t.astype(np.int64)
 
 
-def _read(path, channels_last, max_bytes):
-    """(x, t, x_test or None, t_test or None, budget): images (N, C, H, W), labels int64."""
+_SPLITS = {"x": "training", "x_test": "validation"}
+
+
+def check_finite(x: np.ndarray, *, key: str, who: str, source: str, allow: bool = False) -> None:
+    """Refuse floating images holding NaN or Inf (one line: the array, its split, the count);
+    with ``allow``, a ``RuntimeWarning`` instead. Counted in chunks, so a memory-mapped
+    array is never read into memory whole."""
+    if x.dtype.kind not in "fc" or x.size == 0:
+        return
+    step = max(1, (64 << 20) // max(1, x[0].nbytes))
+    bad = sum(int(x[i:i + step].size - np.count_nonzero(np.isfinite(x[i:i + step])))
+              for i in range(0, len(x), step))
+    if not bad:
+        return
+    what = (f"{who}: {source}: {key!r} (the {_SPLITS.get(key, key)} images) holds {bad} non-finite "
+            f"value{'s' if bad > 1 else ''} (NaN or Inf) of {x.size}")
+    if not allow:
+        raise ValueError(f"{what}; fix the data, or pass allow_non_finite=True "
+                         f"(xpconv train --allow-non-finite) to use it anyway")
+    warnings.warn(what, RuntimeWarning, stacklevel=3)
+
+
+def _read(path, channels_last, max_bytes, *, limit=None, mmap=False, allow_non_finite=False,
+          split=None):
+    """(x, t, x_test or None, t_test or None, budget): images (N, C, H, W) in their stored
+    dtype, labels int64.
+
+    ``limit``: read only the first ``limit`` samples of each split; ``split``: a function
+    of the labels ``t`` that gives (train, validation) indices, applied before ``limit``
+    when the file has no ``x_test`` (then only the selected samples are gathered).
+    ``mmap``: stored members are memory-mapped instead of read.
+    """
     path = os.fspath(path)
     budget = max_load_bytes(max_bytes, who=_WHO)
     with open_npz(path, who=_WHO, max_bytes=budget) as npz:
@@ -82,16 +113,26 @@ def _read(path, channels_last, max_bytes):
         for xk, tk in zip(keys[::2], keys[1::2]):
             _check_images(npz, xk, path)
             _check_labels(npz, tk, npz.header(xk).shape[0], path)
-        npz.check_budget(keys)
-        arrays = {k: npz.read(k) for k in keys}
-    warn_non_finite(arrays, who=_WHO, path=path)
-
-    x = as_nchw(arrays["x"], channels_last=channels_last, who=_WHO, source=f"{path}: 'x'")
-    t = _labels(arrays["t"], "t", path)
+        if npz.header("x").shape[0] == 0:
+            raise ValueError(f"{_WHO}: {path}: 'x' holds 0 training images; expected at least 1")
+        rows = None if split is not None and not all(has_test) else limit
+        npz.check_budget([k for k in keys if not (mmap and npz.is_stored(k))])
+        arrays = {k: npz.read(k, rows=rows, mmap=mmap) for k in keys}
     x_val = t_val = None
-    if all(has_test):
-        x_val = as_nchw(arrays["x_test"], channels_last=channels_last, who=_WHO, source=f"{path}: 'x_test'")
-        t_val = _labels(arrays["t_test"], "t_test", path)
+    t = _labels(arrays["t"], "t", path)
+    x = arrays["x"]
+    if split is not None and not all(has_test):
+        train_idx, val_idx = split(t)
+        train_idx, val_idx = train_idx[:limit], val_idx[:limit]
+        x, x_val, t, t_val = x[train_idx], x[val_idx], t[train_idx], t[val_idx]
+    elif all(has_test):
+        x_val, t_val = arrays["x_test"], _labels(arrays["t_test"], "t_test", path)
+    for key, images in (("x", x), ("x_test", x_val)):
+        if images is not None:
+            check_finite(images, key=key, who=_WHO, source=path, allow=allow_non_finite)
+    x = as_nchw(x, channels_last=channels_last, who=_WHO, source=f"{path}: 'x'")
+    if x_val is not None:
+        x_val = as_nchw(x_val, channels_last=channels_last, who=_WHO, source=f"{path}: 'x_test'")
         if x_val.shape[1:] != x.shape[1:]:
             raise ValueError(
                 f"{_WHO}: {path}: 'x_test' samples have shape {x_val.shape[1:]}; 'x' samples have {x.shape[1:]}"
@@ -100,7 +141,8 @@ def _read(path, channels_last, max_bytes):
 
 
 def load_npz_dataset(path, normalize=None, flatten=False, one_hot_label=False, val_fraction=0.2, *,
-                     max_bytes=None, seed=0, channels_last=None) -> DataSplits:
+                     max_bytes=None, seed=0, channels_last=None, limit=None, keep_dtype=False,
+                     allow_non_finite=False) -> DataSplits:
     """Load an image-classification data set from an ``.npz`` file.
 
     Args:
@@ -115,50 +157,66 @@ def load_npz_dataset(path, normalize=None, flatten=False, one_hot_label=False, v
             :func:`~xpconv.datasets.split.stratified_split`).
         max_bytes: cap on the array data read from the file (and on a one-hot
             array); default ``XPCONV_MAX_LOAD_MB`` MiB if set, else 4 GiB. Raise
-            it for a larger data set you trust.
+            it for a larger data set you trust. Memory-mapped members do not count.
         seed: seed of the validation draw (not used with ``x_test``/``t_test``).
         channels_last: None: refuse images that look (N, H, W, C); True: transpose
             them to (N, C, H, W); False: take 4-d images as (N, C, H, W).
+        limit: keep only the first ``limit`` samples of each split; only those are
+            read (of a file without ``x_test``: of the split drawn from all labels).
+        keep_dtype: return the images in their stored dtype (uint8 stays uint8, a
+            quarter of float32) instead of float32; stored (uncompressed) members are
+            then memory-mapped, not read. :class:`~xpconv.Trainer` and the models
+            scale uint8 by 1/255 one batch at a time.
+        allow_non_finite: NaN or Inf in the images gives a ``RuntimeWarning`` instead
+            of a ValueError.
 
     Returns:
         ``((x_train, t_train), (x_test, t_test))`` (a :class:`DataSplits`, whose
-        ``classes`` is None): x float32; the "test" slot is the validation split.
+        ``classes`` is None): x float32 (or as stored with ``keep_dtype``); the
+        "test" slot is the validation split.
 
     Warns:
         UserWarning: a class occurs in the validation split but not in training.
 
     Raises:
         ValueError: unreadable, corrupt or pickle file; object arrays; missing keys
-            (the message lists the keys present); wrong shapes; label count
-            mismatch; labels out of range; too few samples to split; more data
-            than ``max_bytes``; channels-last images (``channels_last=None``).
+            (the message lists the keys present); no training images; wrong shapes;
+            label count mismatch; labels out of range; too few samples to split;
+            more data than ``max_bytes`` or than the memory available; NaN or Inf in
+            the images; channels-last images (``channels_last=None``).
         TypeError: non-integer labels or non-numeric images.
     """
     path = os.fspath(path)
-    x, t, x_val, t_val, budget = _read(path, channels_last, max_bytes)
-    if x_val is None:
-        check_val_fraction(val_fraction, who=_WHO)
-        if len(x) < 2:
-            raise ValueError(f"{_WHO}: {path}: expected at least 2 samples to split; got {len(x)}")
-        train_idx, val_idx = stratified_split(t, val_fraction, seed=seed, who=f"{_WHO}: {path}")
-        x, x_val, t, t_val = x[train_idx], x[val_idx], t[train_idx], t[val_idx]
+    check_val_fraction(val_fraction, who=_WHO)
+
+    def split(t):
+        if len(t) < 2:
+            raise ValueError(f"{_WHO}: {path}: expected at least 2 samples to split; got {len(t)}")
+        return stratified_split(t, val_fraction, seed=seed, who=f"{_WHO}: {path}")
+
+    x, t, x_val, t_val, budget = _read(path, channels_last, max_bytes, limit=limit, mmap=True,
+                                       allow_non_finite=allow_non_finite, split=split)
     warn_unseen_classes(t, t_val, who=_WHO, source=path)
     train, val = finish((x, t), (x_val, t_val), normalize=normalize, flatten=flatten,
-                        one_hot_label=one_hot_label, budget=budget, who=_WHO, source=path)
+                        one_hot_label=one_hot_label, budget=budget, who=_WHO, source=path,
+                        keep_dtype=keep_dtype)
     return DataSplits(train, val, source=path)
 
 
-def load_npz_whole(path, normalize=None, *, channels_last=None, max_bytes=None) -> tuple[np.ndarray, np.ndarray]:
+def load_npz_whole(path, normalize=None, *, channels_last=None, max_bytes=None, limit=None,
+                   keep_dtype=False, allow_non_finite=False) -> tuple[np.ndarray, np.ndarray]:
     """The images to evaluate on: ``x_test``/``t_test`` if the file has them, else all of ``x``, ``t``.
 
     Args:
-        path, normalize, channels_last, max_bytes: as in :func:`load_npz_dataset`.
+        path, normalize, channels_last, max_bytes, limit, keep_dtype, allow_non_finite:
+            as in :func:`load_npz_dataset`.
 
     Returns:
-        ``(x, t)``: x float32 (N, C, H, W), t int64 (N,).
+        ``(x, t)``: x float32 (N, C, H, W) (as stored with ``keep_dtype``), t int64 (N,).
     """
     path = os.fspath(path)
-    x, t, x_val, t_val, _ = _read(path, channels_last, max_bytes)
+    x, t, x_val, t_val, _ = _read(path, channels_last, max_bytes, limit=limit, mmap=True,
+                                  allow_non_finite=allow_non_finite)
     if x_val is not None:
         x, t = x_val, t_val
-    return to_float(x, normalize), t
+    return (x if keep_dtype else to_float(x, normalize)), t

@@ -33,7 +33,8 @@ _NAMED = {"fashion-mnist": (load_fashion_mnist, FASHION_MNIST_CLASSES), "cifar10
 
 
 def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None, progressbar=None,
-                 val_fraction=0.2, seed=0, channels_last=None, size=None) -> DataSplits:
+                 val_fraction=0.2, seed=0, channels_last=None, size=None, limit=None, keep_dtype=False,
+                 allow_non_finite=False) -> DataSplits:
     """Load a data set by name or path, normalized to float32.
 
     Args:
@@ -54,11 +55,18 @@ def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None, pro
         channels_last: for an ``.npz``: None refuses (N, H, W, C) images with a clear
             error, True transposes them, False takes 4-d images as (N, C, H, W).
         size: for a folder: ``(H, W)`` to resize every image to.
+        limit: keep only the first ``limit`` samples of each split (of an ``.npz``,
+            only those are read).
+        keep_dtype: images stay in their stored dtype (8-bit images stay uint8, a
+            quarter of float32; an ``.npz``'s stored members are memory-mapped);
+            :class:`~xpconv.Trainer` and the models scale uint8 by 1/255 per batch.
+        allow_non_finite: for an ``.npz``: NaN or Inf in the images warns instead of
+            raising.
 
     Returns:
         ``((x_train, t_train), (x_test, t_test))`` as a :class:`DataSplits` (a 2-tuple)
         whose ``classes`` names the labels (None for an ``.npz``); x float32, 8-bit
-        images scaled to [0, 1].
+        images scaled to [0, 1] (with ``keep_dtype``: as stored).
 
     Raises:
         ValueError: unknown name (the message lists the choices); see the loaders.
@@ -67,27 +75,37 @@ def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None, pro
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     check_val_fraction(val_fraction, who="load_dataset")
+    if limit is not None and not (isinstance(limit, int) and limit >= 1):
+        raise ValueError(f"load_dataset: expected limit to be an int >= 1 or None; got {limit!r}")
+    if isinstance(name, str) and name.lower().endswith(".npz"):
+        return load_npz_dataset(name, normalize=True, flatten=flatten, one_hot_label=one_hot_label,
+                                val_fraction=val_fraction, seed=seed, channels_last=channels_last,
+                                limit=limit, keep_dtype=keep_dtype, allow_non_finite=allow_non_finite)
     if name == "mnist":
-        data = load_mnist(normalize=True, flatten=flatten, one_hot_label=one_hot_label, data_dir=data_dir,
-                          progressbar=progressbar)
-        return DataSplits(*data, classes=_DIGITS, source=name)
-    if name == "mnist-bundled":
-        data = load_bundled_mnist(normalize=True, flatten=flatten, one_hot_label=one_hot_label)
-        return DataSplits(*data, classes=_DIGITS, source=name)
-    if name in _NAMED:
+        data = load_mnist(normalize=not keep_dtype, flatten=flatten, one_hot_label=one_hot_label,
+                          data_dir=data_dir, progressbar=progressbar)
+        data = DataSplits(*data, classes=_DIGITS, source=name)
+    elif name == "mnist-bundled":
+        data = load_bundled_mnist(normalize=not keep_dtype, flatten=flatten, one_hot_label=one_hot_label)
+        data = DataSplits(*data, classes=_DIGITS, source=name)
+    elif name in _NAMED:
         loader, classes = _NAMED[name]
         train, test = loader(data_dir, progressbar=progressbar)
         train, test = finish(train, test, normalize=True, flatten=flatten, one_hot_label=one_hot_label,
-                             budget=1 << 62, who="load_dataset", source=name)
-        return DataSplits(train, test, classes=classes, source=name)
-    if isinstance(name, str) and name.lower().endswith(".npz"):
-        return load_npz_dataset(name, normalize=True, flatten=flatten, one_hot_label=one_hot_label,
-                                val_fraction=val_fraction, seed=seed, channels_last=channels_last)
-    if isinstance(name, str) and os.path.isdir(name):
-        return load_image_folder(name, normalize=True, flatten=flatten, one_hot_label=one_hot_label,
-                                 val_fraction=val_fraction, seed=seed, size=size, data_dir=data_dir)
-    raise ValueError(f"load_dataset: expected one of {', '.join(DATASET_NAMES)}; got {name!r}"
-                     + (" (no such folder)" if isinstance(name, str) and os.sep in name else ""))
+                             budget=1 << 62, who="load_dataset", source=name, keep_dtype=keep_dtype)
+        data = DataSplits(train, test, classes=classes, source=name)
+    elif isinstance(name, str) and os.path.isdir(name):
+        data = load_image_folder(name, normalize=True, flatten=flatten, one_hot_label=one_hot_label,
+                                 val_fraction=val_fraction, seed=seed, size=size, data_dir=data_dir,
+                                 keep_dtype=keep_dtype)
+    else:
+        raise ValueError(f"load_dataset: expected one of {', '.join(DATASET_NAMES)}; got {name!r}"
+                         + (" (no such folder)" if isinstance(name, str) and os.sep in name else ""))
+    if limit is None:
+        return data
+    (x, t), (x_test, t_test) = data
+    return DataSplits((x[:limit], t[:limit]), (x_test[:limit], t_test[:limit]), classes=data.classes,
+                      source=data.source)
 
 
 def load_evaluation_data(name, *, data_dir=None, progressbar=None, channels_last=None, size=None,

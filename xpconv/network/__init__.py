@@ -240,7 +240,8 @@ class Sequential:
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"{who}: expected batch_size to be an int >= 1; got {batch_size!r}")
         host_labels = not is_array_api_obj(t) or is_host_numpy(t)
-        x = self._input(x)
+        # 8-bit host images (a memory map, say) are scaled one batch at a time, never whole
+        x = x if _is_host_uint8_batch(x) else self._input(x)
         n = x.shape[0]
         if n == 0:
             raise ValueError(f"{who}: got an empty batch")
@@ -523,3 +524,7 @@ def _takes_train_flg(layer) -> bool:
     code = getattr(type(layer).forward, "__code__", None)
     return code is not None and "train_flg" in code.co_varnames[:code.co_argcount]
 
+
+def _is_host_uint8_batch(x) -> bool:
+    """Host NumPy uint8 images (N, ...): scaled per batch by ``_input``."""
+    return is_array_api_obj(x) and is_host_numpy(x) and dtype_name(x) == "uint8" and x.ndim >= 2

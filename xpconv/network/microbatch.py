@@ -29,7 +29,7 @@ import copy
 import weakref
 
 from .. import threads
-from ..devices import is_host_numpy
+from ..devices import dtype_name, is_host_numpy
 from ..layers import Affine, Convolution, Flatten, Pooling, Relu, Sigmoid, SoftmaxWithLoss
 
 MICRO_BATCH = 64
@@ -61,7 +61,8 @@ def predictions(network, x, batches):
     each, through shallow copies of the layers made for that batch (the network's own
     layers are not used, so their caches stay as they were); at most one batch per worker
     is alive at once. Each sample's scores are computed as in one pass of its batch."""
-    if not (is_host_numpy(x) and len(batches) > 1 and _sample_wise(network)):
+    on_host = is_host_numpy(next(iter(network.params.values())))
+    if not (on_host and is_host_numpy(x) and len(batches) > 1 and _sample_wise(network)):
         for start, stop in batches:
             yield network.predict(x[start:stop, ...])
         return
@@ -69,6 +70,8 @@ def predictions(network, x, batches):
 
     def predict(start, stop):
         out = x[start:stop, ...]
+        if dtype_name(out) == "uint8":      # 8-bit images, scaled one batch at a time
+            out = network._input(out)
         for layer in layers:
             out = copy.copy(layer).forward(out)
         return out

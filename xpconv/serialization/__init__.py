@@ -107,9 +107,17 @@ def save_arrays(
         payload[META_PREFIX + key] = np.array(text, dtype=np.str_)
 
     with atomic_write(path) as f:
-        with zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
+        archive = zipfile.ZipFile(f, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+        try:
             for name, arr in payload.items():
                 _write_member(archive, name, arr)
+        except BaseException:
+            # the write failed or was interrupted (Ctrl-C stays a KeyboardInterrupt): the
+            # temporary file is discarded, so the archive is not finished; closing it here
+            # would raise zipfile's own error in place of this one
+            archive.fp = None
+            raise
+        archive.close()
 
 
 def max_load_bytes(max_bytes: int | None = None, *, who: str = "load_arrays") -> int:

@@ -7,8 +7,8 @@ renames it onto the target (``os.replace``). Around that:
 * temporary files are named ``.{name}.xpconv-tmp-XXXXXXXX`` and locked while being
   written (``flock``), so a later write to the same path can recognise the ones a
   killed process left behind (unlocked) and remove them, leaving live ones alone;
-* SIGTERM with its default action (terminate) is deferred until the temporary file
-  is removed, then delivered; a handler of the program's own is left alone.
+* SIGTERM and SIGHUP with their default action (terminate) are deferred until the
+  temporary file is removed, then delivered; a handler of the program's own is left alone.
 """
 from __future__ import annotations
 
@@ -81,26 +81,33 @@ def _locked_temp(path: Path) -> tuple[int, str]:
         os.close(fd)
 
 
+# signals whose default action ends the process: deferred while a temporary file exists
+_DEFERRED = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
 @contextlib.contextmanager
 def _sigterm_deferred():
-    """While the body runs, SIGTERM raises _Terminated; after it, the signal is delivered."""
-    if (not hasattr(signal, "SIGTERM") or threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+    """While the body runs, SIGTERM and SIGHUP (when they have their default action)
+    raise _Terminated; after it, the signal is delivered."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
+    ours = [s for s in _DEFERRED if signal.getsignal(s) is signal.SIG_DFL]
     received = []
 
     def handler(signum, frame):
         received.append(signum)
         raise _Terminated()
 
-    signal.signal(signal.SIGTERM, handler)
+    for s in ours:
+        signal.signal(s, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        for s in ours:
+            signal.signal(s, signal.SIG_DFL)
         if received:
-            signal.raise_signal(signal.SIGTERM)   # terminates, as it would have without us
+            signal.raise_signal(received[0])   # terminates, as it would have without us
 
 
 @contextlib.contextmanager

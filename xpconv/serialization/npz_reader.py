@@ -13,11 +13,20 @@ any array data is decompressed:
 Data is then read in 1 MiB chunks into an array allocated once, so at most the
 declared size (plus a chunk) is ever decompressed: zipfile stops at the size the
 zip declares, and a member whose stream ends early or whose CRC does not match
-is refused.
+is refused. Before that allocation the memory it needs is checked against the
+memory available (:func:`xpconv.memory.require`).
+
+A stored (uncompressed) member can instead be memory-mapped (``read(name,
+mmap=True)``): the array is a read-only view of the file, whose pages the OS reads
+when they are touched and shares between processes. ``read(name, rows=N)`` reads
+only the first N entries of the first axis (a deflated member is decompressed only
+that far).
 """
 from __future__ import annotations
 
 import math
+import struct
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -25,10 +34,17 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib import format as npy_format
 
+from ..memory import require
+
 __all__ = ["NpzReader", "NpyHeader"]
 
 _CHUNK = 1 << 20
 _METHODS = {zipfile.ZIP_STORED: "stored", zipfile.ZIP_DEFLATED: "deflated"}
+_LOCAL_HEADER = struct.Struct("<4s22xHH")   # signature, ..., name length, extra length
+# what a damaged archive raises from zipfile (NotImplementedError: an unknown "version
+# needed" or compression; tokenize.TokenError: a damaged .npy header dict)
+_DAMAGED = (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, RuntimeError,
+            NotImplementedError, struct.error, tokenize.TokenError)
 _HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
 
 
@@ -74,7 +90,7 @@ class NpzReader:
         self.path, self.who, self.budget = path, who, max_bytes
         try:
             self._zip = zipfile.ZipFile(path)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        except _DAMAGED as exc:
             raise self._error(f"not a readable .npz (zip) archive: {exc}") from None
         try:
             self._infos = self._members()
@@ -122,7 +138,7 @@ class NpzReader:
     def _open(self, name):
         try:
             return self._zip.open(self._infos[name])
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError, zlib.error, RuntimeError) as exc:
+        except _DAMAGED as exc:
             raise self._error(f"array {name!r} is corrupt or truncated: {exc}") from None
 
     def _parse_header(self, name: str, fp) -> NpyHeader:
@@ -132,10 +148,10 @@ class NpzReader:
                 raise ValueError(f"expected .npy format version 1.0 or 2.0; got {version[0]}.{version[1]}")
             shape, fortran_order, dtype = _HEADER_READERS[version](fp)
             data_offset = fp.tell()
-        except (zipfile.BadZipFile, zlib.error, OSError, EOFError) as exc:
-            raise self._error(f"array {name!r} is corrupt or truncated: {exc}") from None
-        except (ValueError, SyntaxError) as exc:
+        except (ValueError, SyntaxError, tokenize.TokenError, TypeError) as exc:
             raise self._error(f"array {name!r} has no valid .npy header: {exc}") from None
+        except _DAMAGED as exc:
+            raise self._error(f"array {name!r} is corrupt or truncated: {exc}") from None
         if dtype.hasobject:
             raise self._error(f"array {name!r} holds pickled Python objects (dtype {dtype}); it will not "
                               "be loaded (files are read without unpickling)")
@@ -159,31 +175,71 @@ class NpzReader:
                 f"the arrays declare {_size(total)} of data (largest: {biggest!r}, shape {h.shape} {h.dtype}), "
                 f"more than the limit of {_size(self.budget)} (max_bytes; raise it if you trust the file)")
 
-    def read(self, name: str) -> np.ndarray:
-        """Read member ``name`` as a native-byte-order array, within the byte budget."""
+    def is_stored(self, name: str) -> bool:
+        """Whether member ``name`` is stored uncompressed (so it can be memory-mapped)."""
+        return self._infos[name].compress_type == zipfile.ZIP_STORED
+
+    def read(self, name: str, *, rows: int | None = None, mmap: bool = False) -> np.ndarray:
+        """Read member ``name`` as an array, within the byte budget.
+
+        Args:
+            name: the member, without ``.npy``.
+            rows: read only the first ``rows`` entries of the first axis (all: None).
+            mmap: for a stored member, a read-only memory map of the file instead of a
+                copy in memory (in the file's byte order); a deflated member is read.
+        """
         header = self.header(name)
-        self.check_budget([name])
-        self.budget -= header.nbytes
+        shape = header.shape
+        if rows is not None and shape and rows < shape[0]:
+            shape = (rows, *shape[1:])
+        if mmap and self.is_stored(name):
+            return self._map(name, header, shape)
+        nbytes = math.prod(shape) * header.dtype.itemsize
+        if nbytes > self.budget:
+            self.check_budget([name])
+        self.budget -= nbytes
+        require(nbytes, who=self.who, what=f"{self.path}: array {name!r} {shape} {header.dtype}",
+                hint="store it uncompressed (numpy.savez) so that it is memory-mapped" if not self.is_stored(name)
+                else "")
+        if header.fortran_order and shape != header.shape:   # the first rows are not contiguous
+            return self.read(name)[:shape[0]]
         try:
-            flat = np.empty(header.nbytes, dtype=np.uint8)
+            flat = np.empty(nbytes, dtype=np.uint8)
         except MemoryError:
-            raise self._error(f"array {name!r}: not enough memory for {_size(header.nbytes)}") from None
+            raise self._error(f"array {name!r}: not enough memory for {_size(nbytes)}") from None
         view = memoryview(flat)  # type: ignore[arg-type]  # numpy arrays are buffers
         try:
             with self._open(name) as fp:
                 fp.read(header.data_offset)
                 pos = 0
-                while pos < header.nbytes:
-                    chunk = fp.read(min(_CHUNK, header.nbytes - pos))
+                while pos < nbytes:
+                    chunk = fp.read(min(_CHUNK, nbytes - pos))
                     if not chunk:
-                        raise EOFError(f"data ends after {pos} of {header.nbytes} bytes")
+                        raise EOFError(f"data ends after {pos} of {nbytes} bytes")
                     view[pos:pos + len(chunk)] = chunk
                     pos += len(chunk)
-                if fp.read(1):   # zipfile stops at the declared size, so this is only a guard
+                if shape == header.shape and fp.read(1):   # zipfile stops at the declared size
                     raise ValueError("more data than its header declares")
-        except (zipfile.BadZipFile, EOFError, OSError, zlib.error, ValueError) as exc:
+        except _DAMAGED as exc:
             raise self._error(f"array {name!r} is corrupt or truncated: {exc}") from None
-        arr = flat.view(header.dtype).reshape(header.shape, order="F" if header.fortran_order else "C")
+        arr = flat.view(header.dtype).reshape(shape, order="F" if header.fortran_order else "C")
         if not arr.dtype.isnative:
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
+
+    def _map(self, name: str, header: NpyHeader, shape: tuple[int, ...]) -> np.ndarray:
+        """A read-only memory map of stored member ``name``'s data (its first ``shape[0]`` rows)."""
+        info = self._infos[name]
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(info.header_offset)
+                signature, name_len, extra_len = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+            if signature != b"PK\x03\x04":
+                raise ValueError("no local file header where the central directory points")
+            offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + header.data_offset
+            if math.prod(shape) == 0:
+                return np.empty(shape, dtype=header.dtype)
+            return np.memmap(self.path, dtype=header.dtype, mode="r", offset=offset, shape=shape,
+                             order="F" if header.fortran_order else "C")
+        except _DAMAGED as exc:
+            raise self._error(f"array {name!r} is corrupt or truncated: {exc}") from None

@@ -9,7 +9,10 @@ process whose peak resident memory is read from ``os.wait4``:
 - ``limit 100``: ``xpconv train --limit 100 --epochs 1``;
 - ``train``: ``xpconv train --epochs 1 --checkpoint DIR --checkpoint-every 10``, killed
   once its first checkpoint is written (load, the checkpoint's data digest, the network
-  and 10 steps).
+  and 10 steps);
+- ``2 ranks``: the same as ``mpiexec -n 2 xpconv train --distributed``, ended with SIGTERM
+  once its first checkpoint is written; the peak is the largest rank's (``VmHWM`` of
+  ``/proc``, read just before; when ``mpiexec`` is found).
 
 Usage::
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -35,10 +39,21 @@ start = time.perf_counter()
 proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 while until and not os.path.exists(until) and proc.poll() is None:
     time.sleep(0.05)
-if until and proc.poll() is None:
+ranks = 0
+if until and proc.poll() is None and cmd[0].endswith("mpiexec"):
+    for pid in filter(str.isdigit, os.listdir("/proc")):   # the ranks' peaks so far (VmHWM)
+        try:
+            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\\0")
+            if b"--distributed" in argv and b"xpconv.cli" in argv and not argv[0].endswith(b"mpiexec"):
+                status = open(f"/proc/{pid}/status").read()
+                ranks = max(ranks, int(status.split("VmHWM:")[1].split()[0]) * 1024)
+        except (OSError, IndexError):
+            pass
+    proc.send_signal(signal.SIGTERM)
+elif until and proc.poll() is None:
     proc.send_signal(signal.SIGKILL)
 _, status, usage = os.wait4(proc.pid, 0)
-print(os.waitstatus_to_exitcode(status), usage.ru_maxrss * 1024, time.perf_counter() - start)
+print(os.waitstatus_to_exitcode(status), ranks or usage.ru_maxrss * 1024, time.perf_counter() - start)
 """
 
 LOAD = """
@@ -94,9 +109,15 @@ def main() -> None:
                                                     str(folder / f"ck-{fmt}"), "--checkpoint-every", "10"],
                                                    str(folder / f"ck-{fmt}" / "last.npz")),
             }
+            mpiexec = shutil.which("mpiexec")
+            if mpiexec:
+                folder_2 = folder / f"ck2-{fmt}"
+                runs["2 ranks (mpiexec), to the first checkpoint"] = (
+                    [mpiexec, "-n", "2", *xpconv, "--distributed", "--data", str(path), "--checkpoint",
+                     str(folder_2), "--checkpoint-every", "10"], str(folder_2 / "last.npz"))
             for name, (cmd, until) in runs.items():
                 code, peak, seconds = measure(cmd, until)
-                note = "" if code in (0, -9) else f" (exit {code})"
+                note = "" if code in (0, -9, 143, -15) else f" (exit {code})"
                 print(f"| {fmt} | {name}{note} | {peak / 2**20:.0f} | {peak / image_bytes:.2f} | {seconds:.1f} |")
         if not args.keep:
             for path in paths.values():

@@ -58,7 +58,7 @@ def _evaluate(args) -> int:
         if getattr(args, option):
             check_writable(getattr(args, option), option=f"--{option}")
     net = _load(args.model, args.device)
-    x, t, classes = load_evaluation_data(args.data)
+    x, t, classes = load_evaluation_data(args.data, keep_dtype=True)   # uint8 scaled per batch
     classes = classes or getattr(net, "class_names", None)
     result, probs = evaluate(net, x, t, classes=classes)
     print(f"{args.model} on {args.data}:")

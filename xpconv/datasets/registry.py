@@ -109,7 +109,7 @@ def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None, pro
 
 
 def load_evaluation_data(name, *, data_dir=None, progressbar=None, channels_last=None, size=None,
-                         ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+                         keep_dtype=False) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
     """The labelled images to evaluate a model on: ``(x, t, classes)``, x float32 (N, C, H, W).
 
     * a named set: its test split (``mnist-bundled``: its 2,000 validation images);
@@ -117,7 +117,7 @@ def load_evaluation_data(name, *, data_dir=None, progressbar=None, channels_last
     * a folder of class folders: all of it.
 
     Args:
-        name, data_dir, progressbar, channels_last, size: as in :func:`load_dataset`.
+        name, data_dir, progressbar, channels_last, size, keep_dtype: as in :func:`load_dataset`.
 
     Returns:
         ``(x, t, classes)``: t int64 (N,); ``classes`` the label names or None.
@@ -125,14 +125,14 @@ def load_evaluation_data(name, *, data_dir=None, progressbar=None, channels_last
     if isinstance(name, os.PathLike):
         name = os.fspath(name)
     if isinstance(name, str) and name.lower().endswith(".npz"):
-        x, t = load_npz_whole(name, channels_last=channels_last)
+        x, t = load_npz_whole(name, channels_last=channels_last, keep_dtype=keep_dtype)
         return x, t, None
     if isinstance(name, str) and name not in _NAMED and name not in ("mnist", "mnist-bundled") \
             and os.path.isdir(name):
         x, t, classes = load_image_folder_arrays(name, size=size, data_dir=data_dir)
         (x, t), _ = finish((x, t), (x[:0], t[:0]), normalize=True, flatten=False, one_hot_label=False,
-                           budget=1 << 62, who="load_evaluation_data", source=name)
+                           budget=1 << 62, who="load_evaluation_data", source=name, keep_dtype=keep_dtype)
         return x, t, tuple(classes)
-    data = load_dataset(name, data_dir=data_dir, progressbar=progressbar)
+    data = load_dataset(name, data_dir=data_dir, progressbar=progressbar, keep_dtype=keep_dtype)
     (x, t) = data[1]
     return x, t, data.classes

@@ -276,3 +276,31 @@ def test_verbose_training_into_a_log_file_has_epoch_lines_but_no_bar_redraws(sma
     out, err = capsys.readouterr()
     assert "epoch   1/2" in out and "epoch   2/2" in out and "Final Test Accuracy" in out
     assert "step/s" not in err and "\r" not in err, err[:200]
+
+
+@pytest.mark.parametrize("spec", ["cpu", "torch", "jax"])
+def test_uint8_images_train_as_their_scaled_floats_bit_for_bit(spec, tmp_path):
+    """8-bit images stay uint8 (a memory map here) and are scaled per batch: the same bits
+    as training on the loaders' float32 x / 255 (JAX: to float32 rounding)."""
+    from tests.helpers import make_backend
+    dev = make_backend(spec)
+    (x8, t), (xv8, tv) = load_bundled_mnist(normalize=False, flatten=False)
+    x8, t, xv8, tv = x8[:300], t[:300], xv8[:100], tv[:100]
+    np.save(tmp_path / "x.npy", x8)
+    mapped = np.load(tmp_path / "x.npy", mmap_mode="r")
+    runs = {}
+    for name, (x, xv) in {"uint8": (mapped, xv8), "float": (x8.astype(np.float32) / np.float32(255),
+                                                             xv8.astype(np.float32) / np.float32(255))}.items():
+        net = small_net(dev)
+        trainer = xpconv.Trainer(net, x, t, xv, tv, epochs=2, mini_batch_size=64, optimizer="Adam",
+                                 optimizer_param={"lr": 0.002}, verbose=False, seed=3).train()
+        runs[name] = (trainer.train_loss_list, trainer.history[-1]["train_acc"], trainer.test_acc,
+                      {k: xpconv.to_numpy(v) for k, v in net.params.items()})
+    if spec == "jax":   # XLA turns x / 255 into x * (1/255): equal to float32 rounding, not in every bit
+        np.testing.assert_allclose(runs["uint8"][0], runs["float"][0], rtol=1e-5)
+        for k, v in runs["float"][3].items():
+            np.testing.assert_allclose(runs["uint8"][3][k], v, rtol=1e-4, atol=1e-6)
+        return
+    assert runs["uint8"][0] == runs["float"][0] and runs["uint8"][1:3] == runs["float"][1:3]
+    for k, v in runs["float"][3].items():
+        np.testing.assert_array_equal(runs["uint8"][3][k], v)

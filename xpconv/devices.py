@@ -101,6 +101,10 @@ class Device:
                 obj = obj.astype(obj.dtype.newbyteorder("="))
             if self.library != "numpy" and any(s < 0 for s in obj.strides):   # torch refuses it
                 obj = numpy.ascontiguousarray(obj)
+            if self.library == "torch" and isinstance(obj, numpy.ndarray) and not obj.flags.writeable:
+                # a read-only array (a memory map): torch would share it and warn; it gets a copy
+                with self.scope():
+                    return self.xp.asarray(obj, dtype=dtype, device=self.native, copy=True)
         with self.scope():
             if self.library == "cupy":  # CuPy allocates on the current GPU (the scope)
                 return self.xp.asarray(obj, dtype=dtype)

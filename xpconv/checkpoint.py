@@ -92,7 +92,8 @@ def read(path: str | os.PathLike) -> Checkpoint:
 
 def differences(saved: dict, current: dict) -> list[str]:
     """What differs between two runs' descriptions, e.g. ``["batch_size: 100 in the
-    checkpoint, 50 now"]`` (empty: the same run)."""
+    checkpoint, 50 now"]`` (empty: the same run).
+    """
     out = []
     for key in sorted(set(saved) | set(current)):
         a, b = saved.get(key), current.get(key)

@@ -254,7 +254,8 @@ GPU_WORKSPACE = 512 * 2**20   # a big conv's whole batch in one chunk: few kerne
 
 def default_workspace(where) -> int:
     """Default workspace limit in bytes for a :class:`Device` or an array's device:
-    ``GPU_WORKSPACE`` (512 MiB) on a GPU, ``CPU_WORKSPACE`` (8 MiB) elsewhere."""
+    ``GPU_WORKSPACE`` (512 MiB) on a GPU, ``CPU_WORKSPACE`` (8 MiB) elsewhere.
+    """
     backend: _Backend
     if isinstance(where, Device):
         backend, native = _BACKENDS[where.library], where.native

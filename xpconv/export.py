@@ -121,7 +121,8 @@ def to_onnx(net, path: str | os.PathLike, *, input_shape=None, opset: int = 17) 
 
 def to_torch(net, *, input_shape=None):
     """An ``torch.nn.Sequential`` equal to ``net`` in inference (``.eval()``), float32 on
-    the CPU, with the weights copied in; ``module(x)`` gives ``predict(x)``'s scores."""
+    the CPU, with the weights copied in; ``module(x)`` gives ``predict(x)``'s scores.
+    """
     import torch
     from torch import nn
     layers, _ = _layers(net, input_shape)

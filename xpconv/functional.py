@@ -129,7 +129,8 @@ def max_pool2d(x, kernel_size, stride=None, pad=0, rounding="exact"):
 
 def max_pool2d_backward(dy, x, kernel_size, stride=None, pad=0, rounding="exact"):
     """Gradient of :func:`max_pool2d`: each window's ``dy`` goes to its first maximum
-    (row-major order within the window; a NaN counts as the maximum), as in PyTorch."""
+    (row-major order within the window; a NaN counts as the maximum), as in PyTorch.
+    """
     geom = _pool_geometry("max_pool2d_backward", x, kernel_size, stride, pad, rounding)
     check_grad("max_pool2d_backward", "dy", dy, x, "x", (*x.shape[:2], *geom.out_hw))
     with device_scope(x):

@@ -20,7 +20,8 @@ __all__ = ["Evaluation", "evaluate", "confusion_matrix"]
 @dataclass
 class Evaluation:
     """What :func:`evaluate` measured. ``per_class``: one dict per class with
-    ``precision``, ``recall``, ``f1`` and ``support`` (true samples of the class)."""
+    ``precision``, ``recall``, ``f1`` and ``support`` (true samples of the class).
+    """
 
     n: int
     accuracy: float
@@ -54,7 +55,8 @@ def confusion_matrix(t: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray
 def evaluate(net, x, t, *, batch_size: int = 500, classes=None) -> tuple[Evaluation, np.ndarray]:
     """Evaluate ``net`` on (x, t): x (N, C, H, W) host data (uint8 by the model's rule),
     t (N,) integer labels. Returns the :class:`Evaluation` and the (N, K) float64
-    probabilities (host), for pictures such as the misclassified grid."""
+    probabilities (host), for pictures such as the misclassified grid.
+    """
     t = np.asarray(t).astype(np.int64).reshape(-1)
     n = len(t)
     if n == 0:

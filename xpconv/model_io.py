@@ -31,7 +31,8 @@ _LAYER_ARRAYS = {"Convolution": ("W", "b"), "Affine": ("W", "b"),
 
 def architecture(net) -> dict | None:
     """The JSON-able description :func:`load_model` rebuilds ``net`` from, or None when
-    ``net`` holds a layer or loss that xpconv cannot rebuild."""
+    ``net`` holds a layer or loss that xpconv cannot rebuild.
+    """
     from . import models
     from .layers import SoftmaxWithLoss
     from .network import Sequential

@@ -36,7 +36,8 @@ class _Init:
 
     def normal(self, shape, std):
         """Host float64 N(0, std^2) draws of ``shape``, on the device in the model's dtype;
-        refused first (one line) if the draw would not fit the memory available."""
+        refused first (one line) if the draw would not fit the memory available.
+        """
         count = math.prod(shape)
         require(count * 8 * 3, who=self.who,
                 what=f"a weight of shape {shape} ({count:,} values; the input size sets it)",

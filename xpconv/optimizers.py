@@ -89,7 +89,8 @@ class Optimizer:
 
     def load_state_dict(self, settings: dict, arrays: dict) -> None:
         """Restore a :meth:`state_dict`; the arrays move to each parameter's device at the
-        next ``update`` (host arrays are taken as they are until then)."""
+        next ``update`` (host arrays are taken as they are until then).
+        """
         who = f"{type(self).__name__}.load_state_dict"
         unknown = [k for k in settings if not hasattr(self, k) or k.startswith("_")]
         if unknown:
@@ -210,8 +211,8 @@ class SGD(Optimizer):
 class Momentum(Optimizer):
     """SGD with momentum::
 
-        v <- momentum * v - lr * dW        (v starts at 0)
-        W <- W + v
+    v <- momentum * v - lr * dW        (v starts at 0)
+    W <- W + v
     """
 
     _state = ("v",)
@@ -229,8 +230,8 @@ class Momentum(Optimizer):
 class Nesterov(Optimizer):
     """Nesterov's accelerated gradient, in the book's form::
 
-        v <- momentum * v - lr * dW        (v starts at 0)
-        W <- W + momentum**2 * v - (1 + momentum) * lr * dW
+    v <- momentum * v - lr * dW        (v starts at 0)
+    W <- W + momentum**2 * v - (1 + momentum) * lr * dW
     """
 
     _state = ("v",)
@@ -249,8 +250,8 @@ class Nesterov(Optimizer):
 class AdaGrad(Optimizer):
     """AdaGrad: per-element learning rates shrinking with the gradients seen::
 
-        h <- h + dW * dW                   (h starts at 0)
-        W <- W - lr * dW / (sqrt(h) + 1e-7)
+    h <- h + dW * dW                   (h starts at 0)
+    W <- W - lr * dW / (sqrt(h) + 1e-7)
     """
 
     _state = ("h",)
@@ -267,8 +268,8 @@ class AdaGrad(Optimizer):
 class RMSprop(Optimizer):
     """RMSprop: AdaGrad with an exponential moving average of squared gradients::
 
-        h <- decay_rate * h + (1 - decay_rate) * dW * dW      (h starts at 0)
-        W <- W - lr * dW / (sqrt(h) + 1e-7)
+    h <- decay_rate * h + (1 - decay_rate) * dW * dW      (h starts at 0)
+    W <- W - lr * dW / (sqrt(h) + 1e-7)
     """
 
     _state = ("h",)
@@ -350,7 +351,8 @@ class Adam(Optimizer):
     def _stacked_moments(self, group: FlatGroup):
         """The (2, n) buffer whose rows hold m and v of ``group``; ``self.m``/``self.v`` entries
         are views into it. Rebuilt (values kept) when the layout changed or a user replaced
-        an entry."""
+        an entry.
+        """
         held = self._stacked.get(group.names)
         if held is not None and held[0] == group.key and all(
                 self.m.get(n) is held[2].views[n] and self.v.get(n) is held[3].views[n]

@@ -52,7 +52,8 @@ def save_confusion(confusion, path, *, classes=None) -> None:
 
 def save_misclassified(x, t, probs, wrong, path, *, limit: int = 40) -> None:
     """The book's ``misclassified_mnist.py``: the first ``limit`` misclassified images of
-    ``x`` (N, C, H, W), each titled "true -> predicted"."""
+    ``x`` (N, C, H, W), each titled "true -> predicted".
+    """
     plt = _pyplot()
     shown = list(wrong[:limit])
     columns = 10
@@ -71,7 +72,8 @@ def save_misclassified(x, t, probs, wrong, path, *, limit: int = 40) -> None:
 
 def save_history(history, path) -> None:
     """Loss and accuracy curves of a training history (rows of ``Trainer.history`` or of
-    ``history.csv``: ``epoch``, ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``)."""
+    ``history.csv``: ``epoch``, ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``).
+    """
     plt = _pyplot()
 
     def column(name):

@@ -148,7 +148,8 @@ def _cgroup_dirs(controller: str) -> list[str]:
 
 def cgroup_quota() -> float | None:
     """The CPU quota of this process's cgroup in CPUs (``cpu.max`` of v2, ``cpu.cfs_quota_us``
-    of v1), or None for no quota (or none readable)."""
+    of v1), or None for no quota (or none readable).
+    """
     for folder in _cgroup_dirs("cpu"):
         v2 = _read(folder + "/cpu.max")
         if v2:
@@ -224,7 +225,8 @@ def _slurm_count_on_node(text: str, node: int) -> int | None:
 
 def local_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int | None, str | None]:
     """``(L, this rank's index among them or None, the variable read)``: the ranks of an MPI
-    job on this machine, from the launcher's variables; ``(1, None, None)`` outside a job."""
+    job on this machine, from the launcher's variables; ``(1, None, None)`` outside a job.
+    """
     env = os.environ if env is None else env
     for size_var, rank_var, _ in LOCAL_RANK_VARS:
         text = env.get(size_var, "").strip()
@@ -246,7 +248,8 @@ def local_ranks(env: Mapping[str, str] | None = None) -> tuple[int, int | None, 
 
 def parse_threads(text: str | None) -> int | str | None:
     """``XPCONV_NUM_THREADS``'s value: an int >= 1, None when unset or blank, or the text
-    itself when it is not a valid count (to be warned about)."""
+    itself when it is not a valid count (to be warned about).
+    """
     if text is None or not text.strip():
         return None
     try:
@@ -306,7 +309,7 @@ def decide(env: Mapping[str, str], cores: Cores) -> Decision:
 
 
 def torch_threads(decision: Decision, env: Mapping[str, str], current: int) -> tuple[int | None, str]:
-    """torch's intra-op threads for ``decision``: ``(count to set or None to leave, why)``.
+    """Torch's intra-op threads for ``decision``: ``(count to set or None to leave, why)``.
 
     ``current`` is ``torch.get_num_threads()``. It counts as torch's own default when it is
     the physical, usable or machine's cores, or one of them divided by the local ranks

@@ -57,14 +57,16 @@ MIN_THREADED_BYTES = 32 * 2**20
 
 def usable_cores() -> int:
     """Cores this process may use: its CPU affinity, within its container's CPU quota
-    (``os.cpu_count()`` where the affinity is unknown)."""
+    (``os.cpu_count()`` where the affinity is unknown).
+    """
     return thread_defaults.machine_cores().usable
 
 
 def local_ranks() -> int:
     """How many ranks of an MPI job share this machine (1 outside a job), from the launcher's
     environment (:data:`xpconv.thread_defaults.LOCAL_RANK_VARS`): no variable needs to be set
-    by hand."""
+    by hand.
+    """
     return thread_defaults.local_ranks()[0]
 
 
@@ -138,13 +140,15 @@ def ensure_defaults() -> None:
 
 def applied() -> dict:
     """What :func:`ensure_defaults` has set so far, e.g. ``{"blas": 1, "torch": 1}``
-    (``torch_before``: torch's count before xpconv looked at it)."""
+    (``torch_before``: torch's count before xpconv looked at it).
+    """
     return dict(_applied)
 
 
 def share_cores_between_ranks() -> dict:
     """:func:`ensure_defaults` under its former name (called by :func:`xpconv.distributed.init`);
-    returns what was set, e.g. ``{"blas": 1, "torch": 1}``."""
+    returns what was set, e.g. ``{"blas": 1, "torch": 1}``.
+    """
     ensure_defaults()
     return {k: v for k, v in _applied.items() if k in ("blas", "torch")}
 
@@ -169,7 +173,8 @@ def workers(like) -> int:
     """Workers that jobs on ``like``'s arrays run on: the thread count on host NumPy, 1 for
     every other library (they have their own threading), and 1 when called from a job of
     the pool (an op inside an op, an op inside a micro-batch). Applies the process's
-    thread decision on first use (:func:`ensure_defaults`)."""
+    thread decision on first use (:func:`ensure_defaults`).
+    """
     ensure_defaults()
     if _num_threads == 1 or getattr(_in_worker, "active", False) or not is_host_numpy(like):
         return 1
@@ -179,7 +184,8 @@ def workers(like) -> int:
 def workers_for(like, op_bytes: int) -> int:
     """Workers for one op whose whole batch holds ``op_bytes`` of scratch: ``workers(like)``,
     or 1 for an op smaller than :data:`MIN_THREADED_BYTES` (too small to pay for the threads'
-    hand-offs)."""
+    hand-offs).
+    """
     if op_bytes < MIN_THREADED_BYTES:
         ensure_defaults()
         return 1
@@ -193,7 +199,8 @@ def blas_in_pass(like, samples: int):
     the workers: such a pass's matrix products are too small to gain much from BLAS's
     threads, whose spinning between them costs the most when other processes want the
     cores. Nothing is changed when a BLAS/OpenMP thread variable is set (it wins), with one
-    xpconv thread, on other libraries, inside a worker, or for a larger pass."""
+    xpconv thread, on other libraries, inside a worker, or for a larger pass.
+    """
     ensure_defaults()
     if (DECISION.blas_in_passes is None or _num_threads == 1 or samples > thread_defaults.SMALL_PASS
             or getattr(_in_worker, "active", False) or not is_host_numpy(like)):
@@ -279,7 +286,8 @@ def _core_binder(n: int):
 
 def binds_workers(n: int) -> bool:
     """Whether a pool of ``n`` workers binds each to a core: one worker per usable core, on
-    Linux, in a process that is alone on the machine (not one of several MPI ranks here)."""
+    Linux, in a process that is alone on the machine (not one of several MPI ranks here).
+    """
     try:
         cores = os.sched_getaffinity(0)
     except (AttributeError, OSError):   # no sched_getaffinity on macOS and Windows

@@ -201,7 +201,8 @@ class Trainer:
 
     def train(self):
         """Run every epoch (from a checkpoint of this run, if ``checkpoint`` holds one);
-        returns self."""
+        returns self.
+        """
         n = self.x_train.shape[0]
         self._distributed_start()
         resume = self._load_checkpoint()
@@ -300,7 +301,8 @@ class Trainer:
 
     def _mean_loss(self, x, t, batch_size: int = 1000) -> float:
         """Mean loss over (x, t) in inference mode, in batches read back with one transfer
-        (the same on every rank)."""
+        (the same on every rank).
+        """
         values, sizes = [], []
         for s in range(0, x.shape[0], batch_size):
             e = min(s + batch_size, x.shape[0])       # the Array API has no out-of-bounds slices
@@ -362,7 +364,8 @@ class Trainer:
 
     def _save_checkpoint(self, force: bool = False) -> Path | None:
         """Write ``last.npz`` (rank 0, or any rank when ``force``: every rank holds the same
-        state, and a signalled rank must not wait for rank 0). Returns its path."""
+        state, and a signalled rank must not wait for rank 0). Returns its path.
+        """
         path = self._last_path()
         if path is None or not (self._is_root or force):
             return path
@@ -422,7 +425,8 @@ class Trainer:
     # ------------------------------------------------------------------ signals
     def _install_signal_handlers(self):
         """SIGTERM/SIGINT/SIGHUP: stop at the next step boundary with a checkpoint (a second
-        SIGINT stops at once). Only with ``checkpoint``, and only on the main thread."""
+        SIGINT stops at once). Only with ``checkpoint``, and only on the main thread.
+        """
         if self.checkpoint is None or threading.current_thread() is not threading.main_thread():
             return None
 
@@ -452,7 +456,8 @@ class Trainer:
 
     def _evaluate(self) -> tuple[float, float | None]:
         """(train, test) accuracy of this epoch, on ``evaluate_sample_num_per_epoch`` samples
-        (test: None without a test set)."""
+        (test: None without a test set).
+        """
         k = self.evaluate_sample_num_per_epoch
         xs, ts = self.x_train, self.t_train
         xt, tt = self.x_test, self.t_test
@@ -467,7 +472,8 @@ class Trainer:
 
     def _correct(self, x, t) -> int:
         """Number of correct predictions on (x, t), from the network's ``accuracy``; with
-        ``comm``, the integer counts of the ranks' disjoint shares, summed (exact)."""
+        ``comm``, the integer counts of the ranks' disjoint shares, summed (exact).
+        """
         accuracy = (self.network.accuracy(x, t) if self.comm is None
                     else self.comm.accuracy(self.network, x, t))
         return round(accuracy * x.shape[0])
@@ -489,7 +495,8 @@ class Trainer:
         """One step on this rank's share of ``batch`` (host indices of the global batch):
         the global batch's gradient and loss are summed over the ranks, then the same
         update runs on every rank. Every rank sees the same loss, so a divergence stops
-        them all at the same step. Returns the loss (not read back)."""
+        them all at the same step. Returns the loss (not read back).
+        """
         grads, loss = self.comm.gradient(self.network, self.x_train, self.t_train, batch)
         self.optimizer.update(self.network.params, grads)
         return loss
@@ -537,7 +544,8 @@ class Trainer:
 
     def _place(self, x):
         """Host data on the network's device in its parameters' dtype (uint8 images stay
-        uint8 for xpconv's models, which scale them per batch); else as given."""
+        uint8 for xpconv's models, which scale them per batch); else as given.
+        """
         dev = self._device()
         if is_array_api_obj(x) and not is_host_numpy(x):
             return x
@@ -595,7 +603,8 @@ def _read_back(values) -> list[float]:
 
 def _progress(total: int, enabled: bool, initial: int = 0):
     """A tqdm bar, or a silent stand-in with the same methods (also when stderr is not a
-    terminal, e.g. a log file, which would collect every redraw; notebooks keep their bar)."""
+    terminal, e.g. a log file, which would collect every redraw; notebooks keep their bar).
+    """
     if enabled:
         from tqdm.auto import tqdm
         in_notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
@@ -622,7 +631,8 @@ def _progress(total: int, enabled: bool, initial: int = 0):
 
 def write_history(path, history: list[dict]) -> None:
     """The per-epoch history as ``.csv`` (one row per epoch, empty cells for None) or
-    ``.jsonl`` (one JSON object per line), by the suffix; written atomically."""
+    ``.jsonl`` (one JSON object per line), by the suffix; written atomically.
+    """
     import io
     import json
 

@@ -64,13 +64,15 @@ def default_limit(where=None) -> int:
 
 def get_workspace_limit(where=None) -> int:
     """Current limit in bytes for ``where`` (a Device or an array; None: the CPU): the
-    override if one is set, else :func:`default_limit`."""
+    override if one is set, else :func:`default_limit`.
+    """
     return _override if _override is not None else default_limit(where)
 
 
 def set_workspace_limit(nbytes: int | None) -> None:
     """Set the limit in bytes on every device (at least one sample is always processed
-    per chunk); None restores the per-device default."""
+    per chunk); None restores the per-device default.
+    """
     global _override
     if nbytes is not None and (not isinstance(nbytes, int) or isinstance(nbytes, bool) or nbytes < 1):
         raise ValueError(f"set_workspace_limit: expected a positive int number of bytes or None; "

@@ -274,7 +274,8 @@ class XpconvContender(Contender):
 
     def at_threads(self, fn):
         """As the base class; and BLAS at the same count (threadpoolctl), as
-        ``torch.set_num_threads`` limits torch's own: ``@1t`` is one core."""
+        ``torch.set_num_threads`` limits torch's own: ``@1t`` is one core.
+        """
         call = super().at_threads(fn)
         if self.threads is None:
             return call
@@ -397,7 +398,7 @@ def xpconv_specs(devices: str | None = None) -> list[str]:
 
 
 def discover_contenders(devices: str | None = None, patterns: str | None = None) -> list[Contender]:
-    """xpconv contenders first, then the baselines on the same device classes.
+    """Xpconv contenders first, then the baselines on the same device classes.
 
     Args:
         devices: comma-separated xpconv device specs/prefixes (None: every available one).

@@ -1,5 +1,6 @@
 """The driver: every case on every contender, isolated backends in their own process, then
-the derived numbers (GFLOP/s, % of ceiling, GB/s, ratios), memory probes and launch proxy."""
+the derived numbers (GFLOP/s, % of ceiling, GB/s, ratios), memory probes and launch proxy.
+"""
 from __future__ import annotations
 
 import argparse
@@ -115,7 +116,8 @@ def ratios(result: CaseResult, contenders: list[Contender]) -> dict[str, float |
     """Median ratios: ``"X / B"`` for each xpconv contender X and each baseline B on the same
     device class and at the same thread count (xpconv median / baseline median), and
     ``"C@1t / C"`` for each contender C also run at one thread (its speed-up from 1 thread
-    to its default, every usable core)."""
+    to its default, every usable core).
+    """
     def median(c):
         m = result.measurements.get(c.name)
         return m.median_ms if m is not None else None

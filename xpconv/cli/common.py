@@ -31,7 +31,8 @@ def is_root() -> bool:
 
 def fail_on_this_rank(message: str) -> None:
     """Print the error; in a job of several ranks, end them all (the others would wait
-    for this one in their next collective)."""
+    for this one in their next collective).
+    """
     from ..distributed import active
     comm = active()
     if comm is None or comm.size == 1:
@@ -43,7 +44,8 @@ def fail_on_this_rank(message: str) -> None:
 
 def save_path(path: str) -> str:
     """--save's file: ``PATH`` as given, or ``PATH/model.npz`` for a PATH that ends in a
-    separator (the folder is created if its parent exists)."""
+    separator (the folder is created if its parent exists).
+    """
     if path.endswith(("/", os.sep)):
         folder = Path(path)
         if not folder.is_dir():
@@ -57,7 +59,8 @@ def save_path(path: str) -> str:
 def check_writable(path, option="--save", *, force: bool = False) -> None:
     """Output ``path`` of --save, --log, --plot or --json: its folder exists and takes a new
     file; not a folder; an existing read-only file only with ``force``. A symlink is checked
-    where it points (the file that will be written)."""
+    where it points (the file that will be written).
+    """
     target = Path(os.path.realpath(path)) if Path(path).is_symlink() else Path(path)
     folder = target.parent
     if target.is_dir():
@@ -112,7 +115,8 @@ def check_free_space(path, nbytes: int, option="--save") -> None:
 
 def end_job(message: str, code: int) -> int:
     """Print ``message`` and return ``code``; in a job of several ranks, end them all with
-    that code (a rank that returned would leave the others waiting in a collective)."""
+    that code (a rank that returned would leave the others waiting in a collective).
+    """
     from ..distributed import active
     print(message, file=sys.stderr)
     comm = active()

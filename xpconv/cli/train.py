@@ -204,7 +204,8 @@ def _silent(*args, **kwargs) -> None:
 
 def _save_or_keep(network, path, checkpoint) -> None:
     """Write the trained model to ``path``; if that fails, never lose it: write it to the
-    checkpoint folder (or a file in the temporary folder) and say where, in one line."""
+    checkpoint folder (or a file in the temporary folder) and say where, in one line.
+    """
     try:
         network.save_params(path)
         return
@@ -225,14 +226,16 @@ def _save_or_keep(network, path, checkpoint) -> None:
 def _load_args(args) -> dict:
     """load_dataset's keywords from the options (the same on every rank): images stay in
     their stored dtype (8-bit images are scaled per batch; an .npz is memory-mapped where
-    stored), only --limit samples are read."""
+    stored), only --limit samples are read.
+    """
     return dict(val_fraction=args.val_fraction, channels_last=True if args.channels_last else None,
                 limit=args.limit, keep_dtype=True, allow_non_finite=args.allow_non_finite)
 
 
 def _class_count(name, t_train, t_test) -> int:
     """K = largest label + 1, for labels 0..K-1; refused when K is huge, labels are sparse or
-    there is a single class (before a K-way output layer is allocated)."""
+    there is a single class (before a K-way output layer is allocated).
+    """
     import numpy
     used = numpy.unique(numpy.concatenate([numpy.asarray(t_train), numpy.asarray(t_test)]))
     classes = int(used[-1]) + 1

@@ -39,7 +39,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     path : str or os.PathLike
         The file.  Gzip compression is detected from the first two bytes.
 
-    Returns
+    Returns:
     -------
     numpy.ndarray
         A new, writable, native-endian array whose shape is the dimensions
@@ -47,7 +47,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         (0x08 uint8, 0x09 int8, 0x0B int16, 0x0C int32, 0x0D float32,
         0x0E float64).
 
-    Raises
+    Raises:
     ------
     ValueError
         If the gzip stream is corrupt, or the header or payload is not valid
@@ -70,7 +70,7 @@ def parse_idx(data: bytes, source: str = "<bytes>") -> np.ndarray:
     source : str
         Name used in error messages (usually the file path).
 
-    Returns
+    Returns:
     -------
     numpy.ndarray
         See :func:`read_idx`.

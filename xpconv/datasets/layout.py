@@ -62,7 +62,8 @@ def to_float(x: np.ndarray, normalize: bool | None = True) -> np.ndarray:
 
 def finish(train, val, *, normalize, flatten, one_hot_label, budget, who, source, keep_dtype=False):
     """Scale, flatten and one-hot both parts: ``((x, t), (x_val, t_val))`` as the book returns them
-    (``keep_dtype``: the images stay in their stored dtype)."""
+    (``keep_dtype``: the images stay in their stored dtype).
+    """
     (x, t), (x_val, t_val) = train, val
     if not keep_dtype:
         x, x_val = to_float(x, normalize), to_float(x_val, normalize)

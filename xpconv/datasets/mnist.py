@@ -152,12 +152,12 @@ def fetch(
     offline_hint : str
         Last line of the error message: what works without a network.
 
-    Returns
+    Returns:
     -------
     pathlib.Path
         The verified file.
 
-    Raises
+    Raises:
     ------
     DatasetUnavailableError
         If no URL gave a file that passes verification. The first line of the
@@ -276,11 +276,11 @@ def load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=None,
         Show a progress bar per downloaded file; None (default): only when
         stderr is a terminal.
 
-    Returns
+    Returns:
     -------
     ((x_train, t_train), (x_test, t_test))
 
-    Raises
+    Raises:
     ------
     DatasetUnavailableError
         If a file cannot be downloaded and verified from any mirror.
@@ -334,12 +334,12 @@ def load_bundled_mnist(normalize=True, flatten=True, one_hot_label=False):
     normalize, flatten, one_hot_label : bool
         As in :func:`load_mnist`.
 
-    Returns
+    Returns:
     -------
     ((x_train, t_train), (x_test, t_test))
         x_train (8000, 784) or (8000, 1, 28, 28); x_test likewise with 2000.
 
-    Raises
+    Raises:
     ------
     DatasetUnavailableError
         If the package data is missing or fails its SHA-256 check.

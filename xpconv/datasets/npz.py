@@ -70,7 +70,8 @@ _SPLITS = {"x": "training", "x_test": "validation"}
 def check_finite(x: np.ndarray, *, key: str, who: str, source: str, allow: bool = False) -> None:
     """Refuse floating images holding NaN or Inf (one line: the array, its split, the count);
     with ``allow``, a ``RuntimeWarning`` instead. Counted in chunks, so a memory-mapped
-    array is never read into memory whole."""
+    array is never read into memory whole.
+    """
     if x.dtype.kind not in "fc" or x.size == 0:
         return
     step = max(1, (64 << 20) // max(1, x[0].nbytes))

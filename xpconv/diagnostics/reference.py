@@ -45,7 +45,8 @@ def _unpad(xp, pad, shape):
 
 def conv2d(x, w, b, stride, pad, dilation, groups):
     """y: (N, FN, OH, OW), y[n, f] = b[f] + sum over c in f's group, i, j of
-    w[f, c, i, j] x_padded[n, c, s_h oh + d_h i, s_w ow + d_w j]."""
+    w[f, c, i, j] x_padded[n, c, s_h oh + d_h i, s_w ow + d_w j].
+    """
     N, _C = x.shape[:2]
     FN, Cg, KH, KW = w.shape
     _, win, _ = _windows(x, (KH, KW), stride, pad, dilation)

@@ -57,7 +57,8 @@ class Check:
 @dataclass
 class Report:
     """Everything a bug report needs: where it ran, every check, and the timed step
-    (``step``: median/min/all times in ms, or ``{"error": ...}`` when the step raised)."""
+    (``step``: median/min/all times in ms, or ``{"error": ...}`` when the step raised).
+    """
 
     device: str
     library: str

@@ -270,7 +270,8 @@ class Communicator:
 
     def accuracy(self, network, x, t, batch_size: int = 100) -> float:
         """Accuracy over all of ``x``: each rank counts its share's correct predictions,
-        the integer counts are summed (exact, whatever the shares)."""
+        the integer counts are summed (exact, whatever the shares).
+        """
         n = x.shape[0]
         if n == 0:
             raise ValueError(f"{type(self).__name__}.accuracy: got an empty batch")
@@ -283,7 +284,8 @@ class Communicator:
 
     def broadcast_model(self, network) -> None:
         """Rank ``0``'s parameters, buffers (running statistics) and layer random
-        generators (Dropout masks) on every rank."""
+        generators (Dropout masks) on every rank.
+        """
         for name in list(network.params):
             value = network.params[name]
             new = self.broadcast(value)
@@ -379,7 +381,8 @@ class MPICommunicator(Communicator):
         """End the job when this rank waits longer than ``timeout`` seconds in one
         collective (another rank stopped, crashed without MPI noticing, or hangs on a file
         system): one line on stderr naming this rank, then ``MPI_Abort`` from a watchdog
-        thread, since the waiting thread is blocked inside MPI."""
+        thread, since the waiting thread is blocked inside MPI.
+        """
         if timeout <= 0:
             raise ValueError(f"xpconv.distributed: expected a timeout > 0 seconds; got {timeout!r}")
 
@@ -410,7 +413,8 @@ class MPICommunicator(Communicator):
 
     def _collective(self, a, kind: str, root: int):
         """In-place sum/broadcast of array ``a``: MPI on its memory where MPI can read it,
-        NCCL for CuPy with transport "nccl", else through a host copy written back."""
+        NCCL for CuPy with transport "nccl", else through a host copy written back.
+        """
         if self.size == 1:
             return a
         with self._timed():
@@ -457,7 +461,8 @@ class MPICommunicator(Communicator):
 def _join_without_samples(network, x) -> dict:
     """A rank whose share of this batch is empty: forward and backward on 0 rows, so that
     it joins the layers' collectives (BatchNormalization) and draws the same random
-    numbers (Dropout) as the others; its gradients are zeros."""
+    numbers (Dropout) as the others; its gradients are zeros.
+    """
     xp = array_namespace(x)
     with device_scope(x):
         dout = xp.zeros_like(network.predict(x[:0, ...], train_flg=True))

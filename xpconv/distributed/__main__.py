@@ -1,11 +1,11 @@
 """``python -m xpconv.distributed``: checks of data-parallel training on MPI.
 
-    mpiexec -n 2 python -m xpconv.distributed --selftest [--transport nccl]
-        every collective (sum, broadcast, packed gradients; float32 and float64, a
-        transposed view) on every usable device, each rank on its own GPU
-    python -m xpconv.distributed --bench [--steps 30] [--batch-size 100] [--ranks 2]
-        time per step and samples/s: 1 rank and N ranks (1 BLAS thread each) against one
-        process with N BLAS threads, and the share of the step spent communicating
+mpiexec -n 2 python -m xpconv.distributed --selftest [--transport nccl]
+every collective (sum, broadcast, packed gradients; float32 and float64, a
+transposed view) on every usable device, each rank on its own GPU
+python -m xpconv.distributed --bench [--steps 30] [--batch-size 100] [--ranks 2]
+time per step and samples/s: 1 rank and N ranks (1 BLAS thread each) against one
+process with N BLAS threads, and the share of the step spent communicating
 """
 from __future__ import annotations
 

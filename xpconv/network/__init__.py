@@ -193,7 +193,8 @@ class Sequential:
     # ------------------------------------------------------------------ the book's API
     def predict(self, x, train_flg=False):
         """Scores before the loss: (N, ...) -> (N, classes); one sample (C, H, W) -> (classes,).
-        Input by the rule of :meth:`_input` (uint8 scaled by 1/255, host data moved)."""
+        Input by the rule of :meth:`_input` (uint8 scaled by 1/255, host data moved).
+        """
         single = self._is_single(x)
         x = self._input(x)
         with device_scope(x):
@@ -203,13 +204,15 @@ class Sequential:
 
     def predict_proba(self, x):
         """Class probabilities ``softmax(predict(x))``: x (N, C, H, W) -> (N, K); one sample
-        (C, H, W) -> (K,)."""
+        (C, H, W) -> (K,).
+        """
         from ..layers.loss import softmax
         return softmax(self.predict(x))
 
     def predict_classes(self, x):
         """The most likely class, ``argmax(predict(x))``: x (N, C, H, W) -> (N,) integers; one
-        sample (C, H, W) -> a 0-d array."""
+        sample (C, H, W) -> a 0-d array.
+        """
         y = self.predict(x)
         return array_namespace(y).argmax(y, axis=-1)
 

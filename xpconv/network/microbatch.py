@@ -41,7 +41,8 @@ _REPLICAS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def parts(n: int) -> list[tuple[int, int]]:
     """``range(n)`` as ``ceil(n / MICRO_BATCH)`` contiguous (start, stop) parts whose sizes
-    differ by at most one (the first ones larger): 100 -> 50, 50; 130 -> 44, 43, 43."""
+    differ by at most one (the first ones larger): 100 -> 50, 50; 130 -> 44, 43, 43.
+    """
     count = -(-n // MICRO_BATCH)
     q, r = divmod(n, count)
     bounds = [k * q + min(k, r) for k in range(count + 1)]
@@ -50,7 +51,8 @@ def parts(n: int) -> list[tuple[int, int]]:
 
 def applies(network, x) -> bool:
     """Whether ``network.gradient(x, t)`` is computed in parts: host NumPy, more than
-    ``MICRO_BATCH`` samples, only sample-wise layers and the softmax loss."""
+    ``MICRO_BATCH`` samples, only sample-wise layers and the softmax loss.
+    """
     return (is_host_numpy(x) and x.shape[0] > MICRO_BATCH
             and type(network.last_layer) is SoftmaxWithLoss and _sample_wise(network))
 
@@ -60,7 +62,8 @@ def predictions(network, x, batches):
     order. On host NumPy, for a network of sample-wise layers, the workers predict a batch
     each, through shallow copies of the layers made for that batch (the network's own
     layers are not used, so their caches stay as they were); at most one batch per worker
-    is alive at once. Each sample's scores are computed as in one pass of its batch."""
+    is alive at once. Each sample's scores are computed as in one pass of its batch.
+    """
     on_host = is_host_numpy(next(iter(network.params.values())))
     if not (on_host and is_host_numpy(x) and len(batches) > 1 and _sample_wise(network)):
         for start, stop in batches:
@@ -82,7 +85,8 @@ def predictions(network, x, batches):
 def one_pass(x):
     """Context for a one-pass ``gradient`` over ``x: (N, ...)``: on host NumPy, a pass of at
     most ``MICRO_BATCH`` samples runs its matrix products at one BLAS thread, as a
-    micro-batch does on a worker (``threads.blas_in_pass``; restored after)."""
+    micro-batch does on a worker (``threads.blas_in_pass``; restored after).
+    """
     return threads.blas_in_pass(x, x.shape[0])
 
 
@@ -167,7 +171,8 @@ _MISSING = object()
 
 def _replicas(network, layers, count: int) -> list[list[_Replica]]:
     """``count`` lists of replicas of ``layers`` (the network's and its loss layer), kept
-    for the network's next call; rebuilt when a layer was replaced."""
+    for the network's next call; rebuilt when a layer was replaced.
+    """
     kept = _REPLICAS.get(network, [])
     if kept and not _same(kept[0], layers):
         kept = []

@@ -273,7 +273,7 @@ def _check_member_kind(name: str, header, path: str, who: str) -> None:
 
 
 def _normalize_expected(expected: Mapping) -> dict[str, tuple[tuple[int, ...], ...]]:
-    """name -> shape, or name -> (shape, shape, ...) -> name -> tuple of allowed shapes."""
+    """Name -> shape, or name -> (shape, shape, ...) -> name -> tuple of allowed shapes."""
     out: dict[str, tuple[tuple[int, ...], ...]] = {}
     for name, spec in expected.items():
         spec = tuple(spec)

@@ -88,7 +88,8 @@ _DEFERRED = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(s
 @contextlib.contextmanager
 def _sigterm_deferred():
     """While the body runs, SIGTERM and SIGHUP (when they have their default action)
-    raise _Terminated; after it, the signal is delivered."""
+    raise _Terminated; after it, the signal is delivered.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -28,6 +28,7 @@ from array_api_compat import array_namespace, is_array_api_obj
 from . import checkpoint as ckpt
 from ._kernels.checks import check_labels
 from .devices import device as resolve_device, device_scope, dtype_name, from_host, host_rng, is_host_numpy, to_numpy
+from .memory import require
 from .optimizers import get_optimizer
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted"]
@@ -554,7 +555,11 @@ class Trainer:
             return x
         if x.dtype == numpy.uint8 and callable(getattr(self.network, "_input", None)):
             return dev.asarray(x)   # 8-bit images stay 8-bit: the model scales each batch by 1/255
-        return dev.asarray(x, dtype=dtype_name(next(iter(self.network.params.values()))))
+        dtype = dtype_name(next(iter(self.network.params.values())))
+        if dev.library != "numpy" or x.dtype != numpy.dtype(dtype):     # a converted copy
+            require(x.size * numpy.dtype(dtype).itemsize, who="Trainer", what=f"the data {x.shape} as {dtype}",
+                    hint="8-bit images given as uint8 stay uint8 (scaled per batch)")
+        return dev.asarray(x, dtype=dtype)
 
     def _classes(self):
         """K, the width of the network's output on one sample (None without ``predict``)."""

@@ -100,7 +100,8 @@ def require(nbytes: int, *, who: str, what: str, hint: str = "") -> None:
     if available is None or nbytes <= available:
         return
     raise MemoryBudgetError(f"{who}: {what} needs {format_bytes(nbytes)} of memory; "
-                            f"{format_bytes(available)} is available" + (f"; {hint}" if hint else ""))
+                            f"{format_bytes(available)} is available" + (f"; {hint}" if hint else "")
+                            + " (XPCONV_MEMORY_MB=MiB sets the memory xpconv may use)")
 
 
 class MemoryBudgetError(ValueError):

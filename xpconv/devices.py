@@ -20,6 +20,7 @@ lives in one small class per library, in :mod:`xpconv._backends`.
 """
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,7 @@ from ._backends import (
     is_foreign_array as _is_foreign_array,
     unusable as _unusable,
 )
+from ._typing import Array
 
 __all__ = ["Device", "device", "available_devices", "to_numpy", "device_scope", "from_host",
            "device_of", "dtype_name", "is_host_numpy", "host_rng", "default_workspace",
@@ -64,7 +66,7 @@ class Device:
     def __str__(self) -> str:
         return self.spec
 
-    def asarray(self, obj, dtype=None):
+    def asarray(self, obj: Any, dtype: Any = None) -> Array:
         """Put ``obj`` (host data or an array of this library) on this device.
 
         ``dtype`` may be a dtype of this namespace or a name such as ``"float32"``.
@@ -78,6 +80,11 @@ class Device:
         other) and no ``dtype`` conversion is asked for. Memory is never moved between
         devices implicitly: an array that this library cannot read where it lies (a GPU
         array for NumPy), or that lands elsewhere than this device, is refused.
+
+        Args:
+            obj: host data (a NumPy array, a scalar, nested lists) or an array of any
+                supported library.
+            dtype: a dtype of this namespace, a dtype name, or None to keep ``obj``'s.
 
         Raises:
             TypeError: the array cannot be shared through DLPack (its device, a torch
@@ -130,7 +137,7 @@ class Device:
                              f"and never moves it between devices; {how}")
         return out
 
-    def zeros(self, shape, dtype="float32"):
+    def zeros(self, shape: int | tuple[int, ...], dtype: Any = "float32") -> Array:
         """A new array of zeros on this device; ``dtype`` a name or a dtype of this namespace."""
         if isinstance(dtype, str):
             dtype = self.dtype(dtype)
@@ -139,18 +146,18 @@ class Device:
                 return self.xp.zeros(shape, dtype=dtype)
             return self.xp.zeros(shape, dtype=dtype, device=self.native)
 
-    def dtype(self, name: str):
+    def dtype(self, name: str) -> Any:
         """The namespace's dtype called ``name`` (``"float32"``, ``"float64"``, ...)."""
         try:
             return getattr(self.xp, name)
         except AttributeError:
             raise ValueError(f"device {self}: no dtype named {name!r}") from None
 
-    def scope(self):
+    def scope(self) -> AbstractContextManager[Any]:
         """Context in which new arrays of this namespace land on this device."""
         return _BACKENDS[self.library].scope(self.native)
 
-    def synchronize(self, *arrays) -> None:
+    def synchronize(self, *arrays: Array) -> None:
         """Wait until work queued on this device (and on ``arrays``) is done."""
         _BACKENDS[self.library].synchronize(self.native, arrays)
 
@@ -192,14 +199,14 @@ def available_devices() -> list[str]:
     return [spec for backend in _BACKENDS.values() for spec in backend.available()]
 
 
-def to_numpy(x) -> numpy.ndarray:
+def to_numpy(x: Any) -> numpy.ndarray:
     """Copy any supported array (NumPy, CuPy, torch, JAX, array-api-strict) to host NumPy."""
     if isinstance(x, numpy.ndarray) or numpy.isscalar(x) or not array_api_compat.is_array_api_obj(x):
         return numpy.asarray(x)
     return _backend_of(x).to_numpy(x)
 
 
-def from_host(a: numpy.ndarray, like):
+def from_host(a: numpy.ndarray, like: Array) -> Array:
     """Put host array ``a`` on the namespace and device of array ``like``."""
     xp = array_api_compat.array_namespace(like)
     native = array_api_compat.device(like)
@@ -208,7 +215,7 @@ def from_host(a: numpy.ndarray, like):
         return backend.from_host(xp, a, native)
 
 
-def device_of(x) -> Device:
+def device_of(x: Array) -> Device:
     """The :class:`Device` that array ``x`` lives on."""
     backend = _backend_of(x)
     if backend is _GENERIC:
@@ -216,13 +223,13 @@ def device_of(x) -> Device:
     return device(backend.spec_of(array_api_compat.device(x)))
 
 
-def dtype_name(x) -> str:
+def dtype_name(x: Array) -> str:
     """Name of ``x``'s dtype, the same for every library: ``"float32"``, ``"int64"``, ..."""
     name = getattr(x.dtype, "name", None)
     return name if isinstance(name, str) else str(x.dtype).rsplit(".", 1)[-1]
 
 
-def host_rng(seed=None) -> numpy.random.Generator:
+def host_rng(seed: Any = None) -> numpy.random.Generator:
     """Host random generator (the Array API has none): ``numpy.random.default_rng(seed)``.
 
     Draw on the host, then move once with :func:`from_host` or ``Device.asarray``.
@@ -230,12 +237,12 @@ def host_rng(seed=None) -> numpy.random.Generator:
     return numpy.random.default_rng(seed)
 
 
-def is_host_numpy(x) -> bool:
+def is_host_numpy(x: Any) -> bool:
     """True for a NumPy array (host data that a model moves to its device)."""
     return isinstance(x, numpy.ndarray)
 
 
-def device_scope(x):
+def device_scope(x: Array) -> AbstractContextManager[Any]:
     """Context in which allocations follow ``x``'s device.
 
     Needed for CuPy, whose creation functions allocate on the *current* GPU and
@@ -252,7 +259,7 @@ GPU_WORKSPACE = 512 * 2**20   # a big conv's whole batch in one chunk: few kerne
 
 
 
-def default_workspace(where) -> int:
+def default_workspace(where: Device | Array) -> int:
     """Default workspace limit in bytes for a :class:`Device` or an array's device:
     ``GPU_WORKSPACE`` (512 MiB) on a GPU, ``CPU_WORKSPACE`` (8 MiB) elsewhere.
     """

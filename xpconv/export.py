@@ -14,10 +14,17 @@ size (``"same"`` and ceil rounding resolved to numbers).
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .devices import to_numpy
+
+if TYPE_CHECKING:
+    import torch
+
+    from .network import Sequential
 
 __all__ = ["to_onnx", "to_torch"]
 
@@ -49,10 +56,18 @@ def _window(layer):
     return g, pads, ceil
 
 
-def to_onnx(net, path: str | os.PathLike, *, input_shape=None, opset: int = 17) -> None:
+def to_onnx(net: Sequential, path: str | os.PathLike, *, input_shape: Sequence[int] | None = None,
+            opset: int = 17) -> None:
     """Write ``net``'s inference network to ``path`` as ONNX (float32, dynamic batch size).
 
     Input ``x``: (N, C, H, W) float32; output ``scores``: (N, K), what ``predict`` returns.
+
+    Args:
+        net: the model (a :class:`~xpconv.Sequential` of xpconv's layers).
+        path: the ``.onnx`` file to write (atomically).
+        input_shape: (C, H, W) of one image; default: the size the model records
+            (xpconv's models do).
+        opset: the ONNX opset version of the file.
 
     Raises:
         ImportError: the ``onnx`` package is missing (``pip install "xpconv[export]"``).
@@ -119,7 +134,7 @@ def to_onnx(net, path: str | os.PathLike, *, input_shape=None, opset: int = 17) 
         f.write(model.SerializeToString())
 
 
-def to_torch(net, *, input_shape=None):
+def to_torch(net: Sequential, *, input_shape: Sequence[int] | None = None) -> torch.nn.Sequential:
     """An ``torch.nn.Sequential`` equal to ``net`` in inference (``.eval()``), float32 on
     the CPU, with the weights copied in; ``module(x)`` gives ``predict(x)``'s scores.
     """
@@ -136,8 +151,8 @@ def to_torch(net, *, input_shape=None):
             g, pads, ceil = _window(layer)
             if ceil:
                 raise ValueError(f"to_torch: {lname}: a convolution with ceil rounding has no nn.Conv2d form")
-            conv = nn.Conv2d(int(layer.W.shape[1]) * int(layer.groups), int(layer.W.shape[0]), (g.h.k, g.w.k),
-                             stride=(g.h.s, g.w.s), dilation=(g.h.d, g.w.d), groups=int(layer.groups))
+            conv: Any = nn.Conv2d(int(layer.W.shape[1]) * int(layer.groups), int(layer.W.shape[0]), (g.h.k, g.w.k),
+                                   stride=(g.h.s, g.w.s), dilation=(g.h.d, g.w.d), groups=int(layer.groups))
             conv.weight.data, conv.bias.data = tensor(layer.W), tensor(layer.b)
             modules += [nn.ZeroPad2d((pads[1], pads[3], pads[0], pads[2])), conv]
         elif kind == "Pooling":
@@ -169,7 +184,7 @@ def to_torch(net, *, input_shape=None):
             modules.append(_Scale(1.0 - layer.dropout_ratio))
         elif kind == "BatchNormalization":
             d = int(layer.gamma.shape[0])
-            bn = nn.BatchNorm2d(d, eps=float(layer.eps)) if layer.input_shape is None or len(layer.input_shape) == 4 \
+            bn: Any = nn.BatchNorm2d(d, eps=float(layer.eps)) if layer.input_shape is None or len(layer.input_shape) == 4 \
                 else nn.BatchNorm1d(d, eps=float(layer.eps))
             bn.weight.data, bn.bias.data = tensor(layer.gamma), tensor(layer.beta)
             bn.running_mean.data, bn.running_var.data = tensor(layer.running_mean), tensor(layer.running_var)

@@ -17,9 +17,12 @@ input's dtype on the input's device; nothing is moved between devices.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ._kernels import conv as _conv, pool as _pool
 from ._kernels.checks import check_floating, check_grad, check_ndim, check_same_place
 from ._kernels.geometry import Window2d, _is_int, pair, window2d
+from ._typing import Array, IntOrPair, Padding
 from .devices import device_scope
 
 __all__ = [
@@ -32,7 +35,8 @@ __all__ = [
 
 # ============================================================================ im2col
 
-def im2col(x, filter_h, filter_w, stride=1, pad=0, dilation=1, rounding="exact"):
+def im2col(x: Array, filter_h: int, filter_w: int, stride: IntOrPair = 1, pad: Padding = 0,
+           dilation: IntOrPair = 1, rounding: str = "exact") -> Array:
     """Unfold every filter window of ``x`` into a row (the book's layout).
 
     Shapes:
@@ -44,7 +48,8 @@ def im2col(x, filter_h, filter_w, stride=1, pad=0, dilation=1, rounding="exact")
         return _conv.im2col_unchecked(x, geom)
 
 
-def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0, dilation=1, rounding="exact"):
+def col2im(col: Array, input_shape: Sequence[int], filter_h: int, filter_w: int,
+           stride: IntOrPair = 1, pad: Padding = 0, dilation: IntOrPair = 1, rounding: str = "exact") -> Array:
     """Adjoint of :func:`im2col`: add every row back onto its window.
 
     Overlapping windows sum; entries that fall into the padding are dropped.
@@ -71,7 +76,8 @@ def col2im(col, input_shape, filter_h, filter_w, stride=1, pad=0, dilation=1, ro
 
 # ============================================================================ convolution
 
-def conv2d(x, w, b=None, stride=1, pad=0, dilation=1, groups=1, rounding="exact"):
+def conv2d(x: Array, w: Array, b: Array | None = None, stride: IntOrPair = 1, pad: Padding = 0,
+           dilation: IntOrPair = 1, groups: int = 1, rounding: str = "exact") -> Array:
     """2-D cross-correlation (what deep learning calls convolution).
 
     ``y[n, f, oh, ow] = b[f] + sum_{c, i, j} w[f, c, i, j] * xp[n, g*C/G + c, oh*sh + i*dh, ow*sw + j*dw]``
@@ -82,8 +88,12 @@ def conv2d(x, w, b=None, stride=1, pad=0, dilation=1, groups=1, rounding="exact"
         y: (N, FN, OH, OW)
 
     Args:
-        stride, dilation: int or (h, w).
+        x: input, (N, C, H, W).
+        w: filters, (FN, C/groups, FH, FW).
+        b: bias, (FN,), or None for no bias.
+        stride: int or (h, w).
         pad: int, (ph, pw), ((top, bottom), (left, right)), "valid", "same" or "full".
+        dilation: int or (h, w): spacing between the filter taps.
         groups: split C and FN into this many groups (groups=C: depthwise).
         rounding: "exact" (default; raise if the windows do not tile the input) or "floor".
     """
@@ -93,8 +103,9 @@ def conv2d(x, w, b=None, stride=1, pad=0, dilation=1, groups=1, rounding="exact"
         return y
 
 
-def conv2d_backward(dy, x, w, stride=1, pad=0, dilation=1, groups=1, rounding="exact",
-                    *, input_grad=True):
+def conv2d_backward(dy: Array, x: Array, w: Array, stride: IntOrPair = 1, pad: Padding = 0,
+                    dilation: IntOrPair = 1, groups: int = 1, rounding: str = "exact",
+                    *, input_grad: bool = True) -> tuple[Array | None, Array, Array]:
     """Gradients of :func:`conv2d` given ``dy = dL/dy``.
 
     Returns:
@@ -109,7 +120,8 @@ def conv2d_backward(dy, x, w, stride=1, pad=0, dilation=1, groups=1, rounding="e
 
 # ============================================================================ pooling
 
-def max_pool2d(x, kernel_size, stride=None, pad=0, rounding="exact"):
+def max_pool2d(x: Array, kernel_size: IntOrPair, stride: IntOrPair | None = None, pad: Padding = 0,
+               rounding: str = "exact") -> Array:
     """Max over each window; padding is -inf, so it never wins.
 
     ``y[n, c, oh, ow] = max_{i, j} xp[n, c, oh*sh + i, ow*sw + j]``; NaN propagates.
@@ -118,7 +130,9 @@ def max_pool2d(x, kernel_size, stride=None, pad=0, rounding="exact"):
         x: (N, C, H, W)  ->  y: (N, C, OH, OW)
 
     Args:
-        kernel_size: int or (kh, kw).   stride: int, (h, w) or None (= kernel_size).
+        x: input, (N, C, H, W).
+        kernel_size: int or (kh, kw).
+        stride: int, (h, w) or None (= kernel_size).
         pad: as for conv2d, at most half the kernel on each side.
         rounding: "exact" (default), "floor" or "ceil" (PyTorch's ceil_mode=True).
     """
@@ -127,7 +141,8 @@ def max_pool2d(x, kernel_size, stride=None, pad=0, rounding="exact"):
         return _pool.max_pool2d_unchecked(x, geom)
 
 
-def max_pool2d_backward(dy, x, kernel_size, stride=None, pad=0, rounding="exact"):
+def max_pool2d_backward(dy: Array, x: Array, kernel_size: IntOrPair, stride: IntOrPair | None = None,
+                        pad: Padding = 0, rounding: str = "exact") -> Array:
     """Gradient of :func:`max_pool2d`: each window's ``dy`` goes to its first maximum
     (row-major order within the window; a NaN counts as the maximum), as in PyTorch.
     """
@@ -137,7 +152,8 @@ def max_pool2d_backward(dy, x, kernel_size, stride=None, pad=0, rounding="exact"
         return _pool.max_pool2d_backward_unchecked(dy, x, None, geom)   # y recomputed per chunk
 
 
-def avg_pool2d(x, kernel_size, stride=None, pad=0, rounding="exact", count_include_pad=True):
+def avg_pool2d(x: Array, kernel_size: IntOrPair, stride: IntOrPair | None = None, pad: Padding = 0,
+               rounding: str = "exact", count_include_pad: bool = True) -> Array:
     """Mean over each window.
 
     ``y = sum(window) / divisor``; the divisor counts the window's positions inside the
@@ -152,8 +168,8 @@ def avg_pool2d(x, kernel_size, stride=None, pad=0, rounding="exact", count_inclu
         return _pool.avg_pool2d_unchecked(x, geom, count_include_pad)
 
 
-def avg_pool2d_backward(dy, x, kernel_size, stride=None, pad=0, rounding="exact",
-                        count_include_pad=True):
+def avg_pool2d_backward(dy: Array, x: Array, kernel_size: IntOrPair, stride: IntOrPair | None = None,
+                        pad: Padding = 0, rounding: str = "exact", count_include_pad: bool = True) -> Array:
     """Gradient of :func:`avg_pool2d`: ``dy / divisor`` spread evenly over each window."""
     geom = _pool_geometry("avg_pool2d_backward", x, kernel_size, stride, pad, rounding)
     check_grad("avg_pool2d_backward", "dy", dy, x, "x", (*x.shape[:2], *geom.out_hw))
@@ -185,7 +201,8 @@ def _conv_geometry(who, x, w, b, stride, pad, dilation, groups, rounding, *, w_n
     return window2d(who, tuple(x.shape[2:]), tuple(w.shape[2:]), stride, pad, dilation, rounding)
 
 
-def check_conv_shapes(who, x_shape, w_shape, b_shape, groups) -> None:
+def check_conv_shapes(who: str, x_shape: tuple[int, ...], w_shape: tuple[int, ...],
+                      b_shape: tuple[int, ...] | None, groups: int) -> None:
     """Channels, groups and bias of a convolution agree (shapes as tuples)."""
     if not _is_int(groups):
         raise TypeError(f"{who}: expected groups to be an int; got {groups!r}")

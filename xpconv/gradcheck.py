@@ -8,18 +8,21 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
+from typing import Any
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from ._kernels.checks import check_floating
+from ._typing import Array
 from .devices import device_scope, to_numpy
 
 __all__ = ["numerical_gradient", "max_relative_error", "compare_gradients",
            "assert_gradients_close"]
 
 
-def numerical_gradient(f, x, eps=1e-4):
+def numerical_gradient(f: Callable[[Array], Any], x: Array, eps: float = 1e-4) -> Array:
     """Central differences ``(f(x + eps*e_i) - f(x - eps*e_i)) / (2*eps)`` for every element i.
 
     Args:
@@ -54,7 +57,7 @@ def numerical_gradient(f, x, eps=1e-4):
         return xp.reshape(xp.asarray(grads, dtype=x.dtype, device=device(x)), shape)
 
 
-def max_relative_error(a, b, tiny=1e-30) -> float:
+def max_relative_error(a: Any, b: Any, tiny: float = 1e-30) -> float:
     """``max |a - b| / max(|a| + |b|, tiny)`` over all elements, in float64 on the host.
 
     ``a`` and ``b`` may belong to different libraries or devices; shapes must match.
@@ -85,7 +88,7 @@ def compare_gradients(analytic: dict, numeric: dict) -> dict:
     return errors
 
 
-def assert_gradients_close(analytic: dict, numeric: dict, rtol=1e-5, atol=0.0) -> None:
+def assert_gradients_close(analytic: dict, numeric: dict, rtol: float = 1e-5, atol: float = 0.0) -> None:
     """Raise AssertionError naming every key whose relative error exceeds ``rtol``.
 
     An element also passes when ``|a - b| <= atol`` (use a small ``atol`` where the true

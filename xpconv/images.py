@@ -20,9 +20,12 @@ def read_input(path: str | os.PathLike, channels: int, size: tuple[int, int], *,
     for one sample ((C, H, W) or (H, W)) or (N, C, H, W) for a batch.
 
     Args:
+        path: an image file (PNG, JPEG, ...; see ``IMAGE_SUFFIXES``) or an ``.npy`` array.
         channels: the model's C (1: grayscale, 3: RGB; images are converted).
         size: the model's (H, W); an image of another size is an error, or resized
             (bilinear) with ``resize``.
+        resize: resize an image of another size to ``size`` instead of refusing it
+            (images only; an ``.npy`` must fit).
 
     Raises:
         ValueError: unreadable or corrupt file, or a size/shape that does not fit.

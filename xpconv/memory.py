@@ -26,6 +26,10 @@ zero sample goes through ``predict`` in inference mode (no random number is draw
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .network import Sequential
 
 __all__ = ["OPTIMIZER_SLOTS", "MemoryBudgetError", "available_bytes", "format_bytes", "require", "training_bytes"]
 
@@ -108,7 +112,7 @@ class MemoryBudgetError(ValueError):
     """Work refused before allocation: it needs more memory than is available."""
 
 
-def training_bytes(network, sample_shape: tuple[int, ...], batch: int, optimizer_slots: int = 2) -> int:
+def training_bytes(network: Sequential, sample_shape: tuple[int, ...], batch: int, optimizer_slots: int = 2) -> int:
     """Estimated bytes to train ``network`` on batches of ``batch`` samples of
     ``sample_shape`` (C, H, W) on host NumPy (the module docstring's formula).
 

@@ -8,11 +8,17 @@ back once per batch).
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ._typing import Array
 from .devices import to_numpy
+
+if TYPE_CHECKING:
+    from .network import Sequential
 
 __all__ = ["Evaluation", "evaluate", "confusion_matrix"]
 
@@ -52,7 +58,8 @@ def confusion_matrix(t: np.ndarray, predicted: np.ndarray, k: int) -> np.ndarray
     return out
 
 
-def evaluate(net, x, t, *, batch_size: int = 500, classes=None) -> tuple[Evaluation, np.ndarray]:
+def evaluate(net: Sequential, x: Array, t: Array, *, batch_size: int = 500,
+             classes: Sequence[str] | None = None) -> tuple[Evaluation, np.ndarray]:
     """Evaluate ``net`` on (x, t): x (N, C, H, W) host data (uint8 by the model's rule),
     t (N,) integer labels. Returns the :class:`Evaluation` and the (N, K) float64
     probabilities (host), for pictures such as the misclassified grid.

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING
 
 from .devices import Device, device as resolve_device
 from .serialization import load_arrays
+
+if TYPE_CHECKING:
+    from .network import Sequential
 
 __all__ = ["architecture", "load_model"]
 
@@ -29,7 +33,7 @@ _LAYER_ARRAYS = {"Convolution": ("W", "b"), "Affine": ("W", "b"),
                  "BatchNormalization": ("gamma", "beta", "running_mean", "running_var")}
 
 
-def architecture(net) -> dict | None:
+def architecture(net: Sequential) -> dict | None:
     """The JSON-able description :func:`load_model` rebuilds ``net`` from, or None when
     ``net`` holds a layer or loss that xpconv cannot rebuild.
     """
@@ -52,7 +56,7 @@ def architecture(net) -> dict | None:
     return {"class": "Sequential", "layers": layers, "param_names": names}
 
 
-def load_model(path: str | os.PathLike, device: str | Device = "cpu", dtype: str | None = None):
+def load_model(path: str | os.PathLike, device: str | Device = "cpu", dtype: str | None = None) -> Sequential:
     """Rebuild the network saved in ``path`` (by ``save_params`` or ``xpconv train --save``)
     on ``device``, with its weights, running statistics and architecture.
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 
 from ._kernels.checks import as_index
 from ._kernels.geometry import window2d
-from .devices import device as resolve_device, host_rng
+from .devices import Device, device as resolve_device, host_rng
 from .layers import Affine, Convolution, Dropout, Flatten, Pooling, Relu, Sigmoid
 from .memory import require
 from .network import Sequential
@@ -120,10 +121,10 @@ class SimpleConvNet(Sequential):
         x: (N, C, H, W) -> predict: (N, output_size); t: (N,) labels or (N, K) one-hot.
     """
 
-    def __init__(self, input_dim=(1, 28, 28),
-                 conv_param={"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1},
-                 hidden_size=100, output_size=10, weight_init_std=0.01, *,
-                 device="cpu", dtype="float32", seed=None):
+    def __init__(self, input_dim: Sequence[int] = (1, 28, 28),
+                 conv_param: dict[str, int] = {"filter_num": 30, "filter_size": 5, "pad": 0, "stride": 1},
+                 hidden_size: int = 100, output_size: int = 10, weight_init_std: float | str = 0.01, *,
+                 device: str | Device = "cpu", dtype: str = "float32", seed: int | None = None) -> None:
         who = type(self).__name__
         C, H, W = _input_dim(who, input_dim)
         conv_param = _conv_param(who, conv_param, "conv_param",
@@ -162,8 +163,9 @@ class DeepConvNet(Sequential):
     Parameters W1..W8, b1..b8 as in the book.
     """
 
-    def __init__(self, input_dim=(1, 28, 28), conv_params=None, hidden_size=50, output_size=10,
-                 dropout_ratio=0.5, *, device="cpu", dtype="float32", seed=None):
+    def __init__(self, input_dim: Sequence[int] = (1, 28, 28), conv_params: Sequence[dict[str, int]] | None = None,
+                 hidden_size: int = 50, output_size: int = 10, dropout_ratio: float = 0.5, *,
+                 device: str | Device = "cpu", dtype: str = "float32", seed: int | None = None) -> None:
         conv_params = conv_params if conv_params is not None else [
             {"filter_num": 16, "filter_size": 3, "pad": 1, "stride": 1},
             {"filter_num": 16, "filter_size": 3, "pad": 1, "stride": 1},
@@ -221,8 +223,9 @@ class LeNet(Sequential):
     (default) or "sigmoid" (closer to the original), ``pool`` "max" or "avg".
     """
 
-    def __init__(self, input_dim=(1, 28, 28), output_size=10, activation="relu", pool="max", *,
-                 device="cpu", dtype="float32", seed=None):
+    def __init__(self, input_dim: Sequence[int] = (1, 28, 28), output_size: int = 10, activation: str = "relu",
+                 pool: str = "max", *, device: str | Device = "cpu", dtype: str = "float32",
+                 seed: int | None = None) -> None:
         who = type(self).__name__
         if activation not in ("relu", "sigmoid"):
             raise ValueError(f"{who}: expected activation 'relu' or 'sigmoid'; got {activation!r}")

@@ -29,11 +29,13 @@ Bias correction (Adam) and every other scalar are host floats: no device ops.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, MutableMapping
 
 from array_api_compat import array_namespace, device as array_device
 
 from ._kernels.checks import check_floating, check_same_place
 from ._kernels.fastpaths import constant, prefers_fewer_ops
+from ._typing import Array
 from .devices import device_of, device_scope, dtype_name, to_numpy
 from .network.flat import FlatGroup, gather
 
@@ -53,13 +55,13 @@ class Optimizer:
 
     _state: tuple = ()
 
-    def __init__(self, lr):
+    def __init__(self, lr: float) -> None:
         self.lr = _positive(type(self).__name__, "lr", lr)
         for name in self._state:
             setattr(self, name, {})
-        self._flat_state = {}   # (state name, param names) -> (param layout key, FlatGroup)
+        self._flat_state: dict = {}   # (state name, param names) -> (param layout key, FlatGroup)
 
-    def update(self, params, grads) -> None:
+    def update(self, params: MutableMapping[str, Array], grads: Mapping[str, Array]) -> None:
         """Apply one step to every parameter in ``params`` (in place / by assignment)."""
         self._check(params, grads)
         self._begin()
@@ -201,7 +203,7 @@ class SGD(Optimizer):
     array([0.95, 2.1 ])
     """
 
-    def __init__(self, lr=0.01):
+    def __init__(self, lr: float = 0.01) -> None:
         super().__init__(lr)
 
     def _rule(self, grad, state):
@@ -209,15 +211,17 @@ class SGD(Optimizer):
 
 
 class Momentum(Optimizer):
-    """SGD with momentum::
+    """SGD with momentum.
 
-    v <- momentum * v - lr * dW        (v starts at 0)
-    W <- W + v
+    The update::
+
+        v <- momentum * v - lr * dW        (v starts at 0)
+        W <- W + v
     """
 
     _state = ("v",)
 
-    def __init__(self, lr=0.01, momentum=0.9):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
         super().__init__(lr)
         self.momentum = _unit(type(self).__name__, "momentum", momentum)
 
@@ -228,15 +232,17 @@ class Momentum(Optimizer):
 
 
 class Nesterov(Optimizer):
-    """Nesterov's accelerated gradient, in the book's form::
+    """Nesterov's accelerated gradient, in the book's form.
 
-    v <- momentum * v - lr * dW        (v starts at 0)
-    W <- W + momentum**2 * v - (1 + momentum) * lr * dW
+    The update::
+
+        v <- momentum * v - lr * dW        (v starts at 0)
+        W <- W + momentum**2 * v - (1 + momentum) * lr * dW
     """
 
     _state = ("v",)
 
-    def __init__(self, lr=0.01, momentum=0.9):
+    def __init__(self, lr: float = 0.01, momentum: float = 0.9) -> None:
         super().__init__(lr)
         self.momentum = _unit(type(self).__name__, "momentum", momentum)
 
@@ -248,15 +254,17 @@ class Nesterov(Optimizer):
 
 
 class AdaGrad(Optimizer):
-    """AdaGrad: per-element learning rates shrinking with the gradients seen::
+    """AdaGrad: per-element learning rates shrinking with the gradients seen.
 
-    h <- h + dW * dW                   (h starts at 0)
-    W <- W - lr * dW / (sqrt(h) + 1e-7)
+    The update::
+
+        h <- h + dW * dW                   (h starts at 0)
+        W <- W - lr * dW / (sqrt(h) + 1e-7)
     """
 
     _state = ("h",)
 
-    def __init__(self, lr=0.01):
+    def __init__(self, lr: float = 0.01) -> None:
         super().__init__(lr)
 
     def _rule(self, grad, state):
@@ -266,15 +274,17 @@ class AdaGrad(Optimizer):
 
 
 class RMSprop(Optimizer):
-    """RMSprop: AdaGrad with an exponential moving average of squared gradients::
+    """RMSprop: AdaGrad with an exponential moving average of squared gradients.
 
-    h <- decay_rate * h + (1 - decay_rate) * dW * dW      (h starts at 0)
-    W <- W - lr * dW / (sqrt(h) + 1e-7)
+    The update::
+
+        h <- decay_rate * h + (1 - decay_rate) * dW * dW      (h starts at 0)
+        W <- W - lr * dW / (sqrt(h) + 1e-7)
     """
 
     _state = ("h",)
 
-    def __init__(self, lr=0.01, decay_rate=0.99):
+    def __init__(self, lr: float = 0.01, decay_rate: float = 0.99) -> None:
         super().__init__(lr)
         self.decay_rate = _unit(type(self).__name__, "decay_rate", decay_rate)
 
@@ -286,7 +296,9 @@ class RMSprop(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam, in the book's form (bias correction folded into the step size)::
+    """Adam, in the book's form (bias correction folded into the step size).
+
+    The update::
 
         t    <- t + 1                       (once per update call)
         lr_t  = lr * sqrt(1 - beta2**t) / (1 - beta1**t)     (a host float)
@@ -303,13 +315,13 @@ class Adam(Optimizer):
     m: dict
     v: dict
 
-    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
+    def __init__(self, lr: float = 0.001, beta1: float = 0.9, beta2: float = 0.999) -> None:
         super().__init__(lr)
         who = type(self).__name__
         self.beta1 = _unit(who, "beta1", beta1)
         self.beta2 = _unit(who, "beta2", beta2)
         self.iter = 0
-        self._stacked = {}   # param names -> (layout key, (2, n) moments, m group, v group)
+        self._stacked: dict = {}   # param names -> (layout key, (2, n) moments, m group, v group)
 
     def _begin(self):
         self.iter += 1
@@ -323,8 +335,9 @@ class Adam(Optimizer):
         return -self._lr_t * state["m"] / (xp.sqrt(state["v"]) + EPS)
 
     def _step_flat(self, group: FlatGroup, grads) -> None:
-        """The fused step with m and v as the two rows of one (2, n) buffer, where ops cost
-        a launch (``prefers_fewer_ops``): both moments move in the same 3 ops::
+        """The fused step with m and v as the two rows of one (2, n) buffer, where ops cost a launch.
+
+        Used where ``prefers_fewer_ops``: both moments move in the same 3 ops::
 
             G   = [g, g*g]                 (gathered twice in one concat, squared in place)
             MV += [[1 - beta1], [1 - beta2]] * (G - MV)
@@ -377,7 +390,7 @@ OPTIMIZERS = {"sgd": SGD, "momentum": Momentum, "nesterov": Nesterov, "adagrad":
               "rmsprop": RMSprop, "adam": Adam}
 
 
-def get_optimizer(name: str, **kwargs) -> Optimizer:
+def get_optimizer(name: str, **kwargs: float) -> Optimizer:
     """An optimizer by case-insensitive name, e.g. ``get_optimizer("Adam", lr=1e-3)``.
 
     Names: sgd, momentum, nesterov, adagrad, rmsprop, adam.

@@ -2,15 +2,24 @@
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    from numpy.typing import ArrayLike
 
 
-def save_filter_grid(filters, path, *, columns: int = 8, title: str | None = None) -> None:
+def save_filter_grid(filters: np.ndarray, path: str | os.PathLike, *, columns: int = 8, title: str | None = None) -> None:
     """Draw filters as a grid of grey images, as the book's ``filter_show`` does.
 
     Args:
         filters: host array (FN, C, FH, FW); channel 0 of each filter is drawn,
             scaled to its own min..max.
         path: image file to write (the format follows the suffix, e.g. ``.png``).
+        columns: images per row (at most the number of filters).
+        title: a title above the grid, or None.
     """
     plt = _pyplot()
     if filters.ndim != 4:
@@ -29,7 +38,7 @@ def save_filter_grid(filters, path, *, columns: int = 8, title: str | None = Non
     plt.close(fig)
 
 
-def save_confusion(confusion, path, *, classes=None) -> None:
+def save_confusion(confusion: ArrayLike, path: str | os.PathLike, *, classes: Sequence[str] | None = None) -> None:
     """Draw a confusion matrix (rows: true class, columns: predicted) with its counts."""
     import numpy as np
     plt = _pyplot()
@@ -50,7 +59,8 @@ def save_confusion(confusion, path, *, classes=None) -> None:
     plt.close(fig)
 
 
-def save_misclassified(x, t, probs, wrong, path, *, limit: int = 40) -> None:
+def save_misclassified(x: np.ndarray, t: np.ndarray, probs: np.ndarray, wrong: Sequence[int] | np.ndarray,
+                       path: str | os.PathLike, *, limit: int = 40) -> None:
     """The book's ``misclassified_mnist.py``: the first ``limit`` misclassified images of
     ``x`` (N, C, H, W), each titled "true -> predicted".
     """
@@ -70,7 +80,7 @@ def save_misclassified(x, t, probs, wrong, path, *, limit: int = 40) -> None:
     plt.close(fig)
 
 
-def save_history(history, path) -> None:
+def save_history(history: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> None:
     """Loss and accuracy curves of a training history (rows of ``Trainer.history`` or of
     ``history.csv``: ``epoch``, ``train_loss``, ``val_loss``, ``train_acc``, ``val_acc``).
     """

@@ -82,7 +82,7 @@ class Schedule:
         self._plateau = dict(state)
 
 
-def get_schedule(schedule, warmup: int = 0) -> Schedule:
+def get_schedule(schedule: str | Schedule | None, warmup: int = 0) -> Schedule:
     """A :class:`Schedule` from a name (or None: constant), or the given one."""
     if isinstance(schedule, Schedule):
         return schedule

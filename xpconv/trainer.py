@@ -15,21 +15,29 @@ from __future__ import annotations
 import csv
 import hashlib
 import math
+import os
 import signal
 import sys
 import threading
 import time
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy
 from array_api_compat import array_namespace, is_array_api_obj
 
 from . import checkpoint as ckpt
 from ._kernels.checks import check_labels
+from ._typing import Array
 from .devices import device as resolve_device, device_scope, dtype_name, from_host, host_rng, is_host_numpy, to_numpy
 from .memory import require
 from .optimizers import get_optimizer
+
+if TYPE_CHECKING:
+    from .distributed import Communicator
+    from .schedules import Schedule
 
 __all__ = ["Trainer", "TrainingDiverged", "TrainingInterrupted"]
 
@@ -125,12 +133,15 @@ class Trainer:
         TrainingInterrupted: SIGTERM/SIGINT (with ``checkpoint``), after the checkpoint.
     """
 
-    def __init__(self, network, x_train, t_train, x_test=None, t_test=None, epochs=20,
-                 mini_batch_size=100, optimizer="SGD", optimizer_param={"lr": 0.01},
-                 evaluate_sample_num_per_epoch=None, verbose=True, *, seed=None, check_every=50,
-                 comm=None, checkpoint=None, checkpoint_every=None, restart=False, log=None,
-                 callbacks=(), lr_schedule=None, warmup=0, early_stop=None, keep_best=False,
-                 compile=False):
+    def __init__(self, network: Any, x_train: Array, t_train: Array, x_test: Array | None = None,
+                 t_test: Array | None = None, epochs: int = 20, mini_batch_size: int = 100,
+                 optimizer: str | Any = "SGD", optimizer_param: dict[str, float] = {"lr": 0.01},
+                 evaluate_sample_num_per_epoch: int | None = None, verbose: bool = True, *,
+                 seed: int | None = None, check_every: int = 50, comm: Communicator | None = None,
+                 checkpoint: str | os.PathLike | None = None, checkpoint_every: int | None = None,
+                 restart: bool = False, log: str | os.PathLike | None = None, callbacks: Iterable[Any] = (),
+                 lr_schedule: str | Schedule | None = None, warmup: int = 0, early_stop: int | None = None,
+                 keep_best: bool = False, compile: bool = False) -> None:
         if (x_test is None) != (t_test is None):
             raise ValueError("Trainer: give both x_test and t_test, or neither")
         sizes = [_length(a) for a in (x_train, t_train)]
@@ -181,7 +192,7 @@ class Trainer:
         if compile:
             from .compile import compile_step
             self._compiled = compile_step(network, self.optimizer)
-        self._best = {"val_loss": None, "val_acc": None, "bad_epochs": 0, "epoch": None}
+        self._best: dict[str, Any] = {"val_loss": None, "val_acc": None, "bad_epochs": 0, "epoch": None}
         self._best_arrays: dict | None = None      # parameters of the best epoch by validation loss
         self.stopped_early = False
         self.history: list[dict] = []
@@ -194,13 +205,13 @@ class Trainer:
         self._pending: list = []     # this epoch's losses not yet read back (device scalars)
         self._stop_signal: int | None = None
         self._epoch, self._step_in_epoch, self._global_step = 1, 0, 0
-        self._order = None           # the current epoch's permutation (host int64)
+        self._order: numpy.ndarray | None = None   # the current epoch's permutation (host int64)
 
     @property
     def steps_per_epoch(self) -> int:
         return math.ceil(self.x_train.shape[0] / self.batch_size)
 
-    def train(self):
+    def train(self) -> Trainer:
         """Run every epoch (from a checkpoint of this run, if ``checkpoint`` holds one);
         returns self.
         """
@@ -271,7 +282,7 @@ class Trainer:
             self._restore_signal_handlers(previous)
             bar.close()
         if self.stopped_early:
-            _restore_model(self.network, self._best_arrays)
+            _restore_model(self.network, cast(dict, self._best_arrays))   # set when stopped early
             if verbose:
                 print(f"early stop after epoch {self._epoch - 1}: no better validation loss for "
                       f"{self.early_stop} epochs; the parameters of epoch {self._best['epoch']} are restored")
@@ -465,7 +476,7 @@ class Trainer:
         if k is not None:
             k1 = min(k, xs.shape[0])
             xs, ts = xs[:k1, ...], ts[:k1, ...]
-            if xt is not None:
+            if xt is not None and tt is not None:   # both or neither (checked in __init__)
                 k2 = min(k, xt.shape[0])
                 xt, tt = xt[:k2, ...], tt[:k2, ...]
         train = self._correct(xs, ts) / xs.shape[0]
@@ -634,7 +645,7 @@ def _progress(total: int, enabled: bool, initial: int = 0):
 
 # ---------------------------------------------------------------------------- state helpers
 
-def write_history(path, history: list[dict]) -> None:
+def write_history(path: str | os.PathLike, history: list[dict]) -> None:
     """The per-epoch history as ``.csv`` (one row per epoch, empty cells for None) or
     ``.jsonl`` (one JSON object per line), by the suffix; written atomically.
     """

@@ -22,12 +22,14 @@ import contextlib
 import math
 import os
 import warnings
+from collections.abc import Callable, Iterator, Sequence
 
 import array_api_extra as xpx
 from array_api_compat import array_namespace, device
 
 from . import threads
-from .devices import CPU_WORKSPACE, GPU_WORKSPACE, default_workspace
+from ._typing import Array
+from .devices import CPU_WORKSPACE, GPU_WORKSPACE, Device, default_workspace
 
 ENV_VAR = "XPCONV_WORKSPACE_MB"
 
@@ -57,12 +59,12 @@ def _limit_from_env(default):
 _override: int | None = _limit_from_env(None)
 
 
-def default_limit(where=None) -> int:
+def default_limit(where: Device | Array | None = None) -> int:
     """The default limit in bytes for ``where`` (a Device or an array; None: the CPU)."""
     return CPU_WORKSPACE if where is None else default_workspace(where)
 
 
-def get_workspace_limit(where=None) -> int:
+def get_workspace_limit(where: Device | Array | None = None) -> int:
     """Current limit in bytes for ``where`` (a Device or an array; None: the CPU): the
     override if one is set, else :func:`default_limit`.
     """
@@ -81,7 +83,7 @@ def set_workspace_limit(nbytes: int | None) -> None:
 
 
 @contextlib.contextmanager
-def workspace_limit(nbytes: int | None):
+def workspace_limit(nbytes: int | None) -> Iterator[None]:
     """Temporarily set the limit in bytes (None: the per-device default)."""
     old = _override
     set_workspace_limit(nbytes)
@@ -91,7 +93,8 @@ def workspace_limit(nbytes: int | None):
         set_workspace_limit(old)
 
 
-def batch_chunks(n: int, bytes_per_sample: int, like=None, workers: int = 1) -> list[tuple[int, int]]:
+def batch_chunks(n: int, bytes_per_sample: int, like: Device | Array | None = None,
+                 workers: int = 1) -> list[tuple[int, int]]:
     """Split ``range(n)`` into (start, stop) chunks of at most the limit for ``like``'s
     device each, or a ``1/workers`` share of it when ``workers`` chunks run at once (at
     least one sample per chunk).
@@ -102,7 +105,7 @@ def batch_chunks(n: int, bytes_per_sample: int, like=None, workers: int = 1) -> 
     return [(i, min(i + per_chunk, n)) for i in range(0, n, per_chunk)] or [(0, 0)]
 
 
-def chunked(n: int, bytes_per_sample: int, like) -> tuple[list[tuple[int, int]], int]:
+def chunked(n: int, bytes_per_sample: int, like: Array) -> tuple[list[tuple[int, int]], int]:
     """The chunks of an op over a batch of ``n`` samples and the workers that take them
     (``threads.workers_for``: more than one only on host NumPy, for a large op).
 
@@ -117,17 +120,18 @@ def chunked(n: int, bytes_per_sample: int, like) -> tuple[list[tuple[int, int]],
     return batch_chunks(n, bytes_per_sample, like, workers), workers
 
 
-def itemsize(x) -> int:
+def itemsize(x: Array) -> int:
     """Bytes per element of the floating array ``x``."""
     return array_namespace(x).finfo(x.dtype).bits // 8
 
 
-def set_rows(out, n0: int, n1: int, part):
+def set_rows(out: Array, n0: int, n1: int, part: Array) -> Array:
     """``out[n0:n1] = part`` (one chunk of the batch), in place where the library allows it."""
     return xpx.at(out)[n0:n1, ...].set(part)
 
 
-def map_batch(kernel, arrays, out_shape, bytes_per_sample: int):
+def map_batch(kernel: Callable[..., Array], arrays: Sequence[Array], out_shape: tuple[int, ...],
+              bytes_per_sample: int) -> Array:
     """``kernel(*arrays)``, computed for one chunk of the batch (axis 0 of every array) at
     a time and assembled into one array of ``out_shape`` (dtype and device of ``arrays[0]``).
 

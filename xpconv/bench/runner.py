@@ -21,10 +21,12 @@ TimedParts = tuple[dict[str, Measurement], list[dict[str, Measurement]], dict[st
 
 
 def log(msg: str) -> None:
+    """Print ``msg`` to stderr at once (stdout carries the results)."""
     print(msg, file=sys.stderr, flush=True)
 
 
 def chosen_cases(opts: argparse.Namespace) -> list[Case]:
+    """The benchmark cases that ``opts`` selects (``--quick`` sizes, ``--cases`` names)."""
     return select_cases(build_cases(opts.quick), opts.cases)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 
 from . import model_commands, tools, train
 from .common import EXPECTED_ERRORS, end_job, fail_on_this_rank, is_root, one_line
@@ -15,7 +16,8 @@ from .common import EXPECTED_ERRORS, end_job, fail_on_this_rank, is_root, one_li
 __all__ = ["main"]
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``xpconv`` command: parse ``argv`` (default: ``sys.argv[1:]``), run the subcommand, return its exit status."""
     from .._startup import restore
     restore()   # Ctrl-C is KeyboardInterrupt again: the commands stop cleanly on it
     parser = _parser()

@@ -24,6 +24,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def is_root() -> bool:
+    """Whether this process prints and writes files: rank 0 of a distributed job, or no job."""
     from ..distributed import active
     comm = active()
     return comm is None or comm.is_root
@@ -80,6 +81,7 @@ def check_writable(path, option="--save", *, force: bool = False) -> None:
 
 
 def positive_int(text: str) -> int:
+    """Argparse type: an integer >= 1."""
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text}")
@@ -87,6 +89,7 @@ def positive_int(text: str) -> int:
 
 
 def non_negative_int(text: str) -> int:
+    """Argparse type: an integer >= 0."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text}")
@@ -94,6 +97,7 @@ def non_negative_int(text: str) -> int:
 
 
 def optimizer_name(text: str) -> str:
+    """Argparse type: an optimizer name, case-insensitive, spelled as in ``OPTIMIZERS``."""
     for name in OPTIMIZERS:
         if name.lower() == text.lower():
             return name

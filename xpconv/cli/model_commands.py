@@ -8,6 +8,7 @@ from .common import check_writable, positive_int
 
 
 def add_parsers(sub) -> None:
+    """Add the model commands (``evaluate``, ``predict``, ``export``) to the subparsers ``sub``."""
     e = sub.add_parser("evaluate", help="accuracy, loss, per-class scores and confusion of a saved model",
                        description="Evaluate a model file (xpconv train --save) on labelled data: "
                                    "accuracy, mean loss, per-class precision/recall/F1, the confusion "

@@ -7,6 +7,7 @@ from .common import check_writable, non_negative_int, positive_int
 
 
 def add_parsers(sub) -> None:
+    """Add the tool commands (``devices``, ``filters``, ``convert``, ``selftest``, ``plot``, ``bench``) to ``sub``."""
     d = sub.add_parser("devices", help="list the devices usable here")
     d.set_defaults(run=_devices)
 

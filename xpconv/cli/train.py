@@ -23,6 +23,7 @@ MAX_CLASSES = 10_000   # labels must be 0..K-1 with K at most this (the output l
 
 
 def add_parser(sub) -> None:
+    """Add the ``train`` command to the subparsers ``sub``."""
     t = sub.add_parser("train", help="train a network on MNIST (default) or your data",
                        description="Train a network. With no arguments: SimpleConvNet on the full "
                                    "MNIST set if it is cached or can be downloaded, else on the "
@@ -93,6 +94,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    """Run ``xpconv train`` with the parsed ``args``; returns the exit status."""
     from .. import DeepConvNet, LeNet, SimpleConvNet, Trainer
     from ..datasets import DatasetUnavailableError, load_dataset
     from ..devices import device, is_host_numpy

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._typing import Splits
+
 __all__ = ["as_nchw", "finish", "looks_channels_last", "to_float"]
 
 
@@ -28,7 +30,8 @@ def as_nchw(x: np.ndarray, *, channels_last: bool | None = None, who: str, sourc
         channels_last: None: refuse data that looks channels-last (see the module
             docstring); True: transpose (N, H, W, C) to (N, C, H, W); False: take a 4-d
             ``x`` as (N, C, H, W) whatever its shape.
-        who, source: prefix of error messages (function and file).
+        who: prefix of error messages: the calling function.
+        source: the file the images come from, named in error messages.
 
     Raises:
         ValueError: ``x`` looks channels-last and ``channels_last`` is None; not 3-d or 4-d.
@@ -60,7 +63,9 @@ def to_float(x: np.ndarray, normalize: bool | None = True) -> np.ndarray:
     return y
 
 
-def finish(train, val, *, normalize, flatten, one_hot_label, budget, who, source, keep_dtype=False):
+def finish(train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray], *, normalize: bool | None,
+           flatten: bool, one_hot_label: bool, budget: int, who: str, source: str,
+           keep_dtype: bool = False) -> Splits:
     """Scale, flatten and one-hot both parts: ``((x, t), (x_val, t_val))`` as the book returns them
     (``keep_dtype``: the images stay in their stored dtype).
     """

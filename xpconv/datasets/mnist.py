@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._typing import Splits
 from .idx import parse_idx, read_idx
 
 __all__ = [
@@ -259,7 +260,8 @@ def _to_book_format(images, labels, normalize, flatten, one_hot_label, source):
     return x, t
 
 
-def load_mnist(normalize=True, flatten=True, one_hot_label=False, data_dir=None, *, progressbar=None):
+def load_mnist(normalize: bool = True, flatten: bool = True, one_hot_label: bool = False,
+               data_dir: str | os.PathLike | None = None, *, progressbar: bool | None = None) -> Splits:
     """Load the full MNIST set (60,000 train / 10,000 test), downloading it once.
 
     Parameters
@@ -321,7 +323,7 @@ def _read_bundled(name: str) -> np.ndarray:
     return parse_idx(data, source=str(resource))
 
 
-def load_bundled_mnist(normalize=True, flatten=True, one_hot_label=False):
+def load_bundled_mnist(normalize: bool = True, flatten: bool = True, one_hot_label: bool = False) -> Splits:
     """Load the MNIST test set shipped with the package; no network needed.
 
     The 10,000 official test images are split deterministically: the first

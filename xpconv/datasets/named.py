@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._typing import Splits
 from .idx import read_idx
 from .mnist import default_cache_dir, fetch
 
@@ -144,7 +145,7 @@ def parse_cifar10_batch(data: bytes, source: str = "<bytes>") -> tuple[np.ndarra
     return x, t
 
 
-def read_cifar10_archive(path: str | os.PathLike):
+def read_cifar10_archive(path: str | os.PathLike) -> Splits:
     """uint8 ``((x_train, t_train), (x_test, t_test))`` from ``cifar-10-binary.tar.gz``.
 
     Only the six batch files are read, from the archive in memory (nothing is extracted
@@ -179,7 +180,7 @@ def read_cifar10_archive(path: str | os.PathLike):
     return (x, t), batches[_CIFAR_TEST]
 
 
-def load_fashion_mnist(data_dir=None, *, progressbar=None):
+def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *, progressbar: bool | None = None) -> Splits:
     """Fashion-MNIST, downloaded once: uint8 ``((x_train, t_train), (x_test, t_test))``.
 
     x (60000 | 10000, 1, 28, 28) uint8, t int64; labels 0..9 name
@@ -191,7 +192,7 @@ def load_fashion_mnist(data_dir=None, *, progressbar=None):
     return read_fashion_mnist(_fetch_all(NAMED_SETS["fashion-mnist"], data_dir, progressbar))
 
 
-def load_cifar10(data_dir=None, *, progressbar=None):
+def load_cifar10(data_dir: str | os.PathLike | None = None, *, progressbar: bool | None = None) -> Splits:
     """CIFAR-10, downloaded once: uint8 ``((x_train, t_train), (x_test, t_test))``.
 
     x (50000 | 10000, 3, 32, 32) uint8, t int64; labels 0..9 name :data:`CIFAR10_CLASSES`.

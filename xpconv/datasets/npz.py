@@ -141,9 +141,10 @@ def _read(path, channels_last, max_bytes, *, limit=None, mmap=False, allow_non_f
     return x, t, x_val, t_val, budget
 
 
-def load_npz_dataset(path, normalize=None, flatten=False, one_hot_label=False, val_fraction=0.2, *,
-                     max_bytes=None, seed=0, channels_last=None, limit=None, keep_dtype=False,
-                     allow_non_finite=False) -> DataSplits:
+def load_npz_dataset(path: str | os.PathLike, normalize: bool | None = None, flatten: bool = False,
+                     one_hot_label: bool = False, val_fraction: float = 0.2, *, max_bytes: int | None = None,
+                     seed: int = 0, channels_last: bool | None = None, limit: int | None = None,
+                     keep_dtype: bool = False, allow_non_finite: bool = False) -> DataSplits:
     """Load an image-classification data set from an ``.npz`` file.
 
     Args:
@@ -204,13 +205,22 @@ def load_npz_dataset(path, normalize=None, flatten=False, one_hot_label=False, v
     return DataSplits(train, val, source=path)
 
 
-def load_npz_whole(path, normalize=None, *, channels_last=None, max_bytes=None, limit=None,
-                   keep_dtype=False, allow_non_finite=False) -> tuple[np.ndarray, np.ndarray]:
+def load_npz_whole(path: str | os.PathLike, normalize: bool | None = None, *, channels_last: bool | None = None,
+                   max_bytes: int | None = None, limit: int | None = None, keep_dtype: bool = False,
+                   allow_non_finite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The images to evaluate on: ``x_test``/``t_test`` if the file has them, else all of ``x``, ``t``.
 
     Args:
-        path, normalize, channels_last, max_bytes, limit, keep_dtype, allow_non_finite:
-            as in :func:`load_npz_dataset`.
+        path: the ``.npz`` file.
+        normalize: None or True: uint8 images are scaled by 1/255; False: no scaling
+            (as in :func:`load_npz_dataset`).
+        channels_last: None: refuse images that look (N, H, W, C); True: transpose them
+            to (N, C, H, W); False: take 4-d images as (N, C, H, W).
+        max_bytes: cap on the array data read from the file (default as in
+            :func:`load_npz_dataset`).
+        limit: keep only the first ``limit`` samples; only those are read.
+        keep_dtype: return the images in their stored dtype instead of float32.
+        allow_non_finite: NaN or Inf in the images warns instead of raising.
 
     Returns:
         ``(x, t)``: x float32 (N, C, H, W) (as stored with ``keep_dtype``), t int64 (N,).

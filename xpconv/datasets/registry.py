@@ -32,9 +32,11 @@ _DIGITS = tuple(str(d) for d in range(10))
 _NAMED = {"fashion-mnist": (load_fashion_mnist, FASHION_MNIST_CLASSES), "cifar10": (load_cifar10, CIFAR10_CLASSES)}
 
 
-def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None, progressbar=None,
-                 val_fraction=0.2, seed=0, channels_last=None, size=None, limit=None, keep_dtype=False,
-                 allow_non_finite=False) -> DataSplits:
+def load_dataset(name: str | os.PathLike, *, flatten: bool = False, one_hot_label: bool = False,
+                 data_dir: str | os.PathLike | None = None, progressbar: bool | None = None,
+                 val_fraction: float = 0.2, seed: int = 0, channels_last: bool | None = None,
+                 size: tuple[int, int] | None = None, limit: int | None = None, keep_dtype: bool = False,
+                 allow_non_finite: bool = False) -> DataSplits:
     """Load a data set by name or path, normalized to float32.
 
     Args:
@@ -108,8 +110,10 @@ def load_dataset(name, *, flatten=False, one_hot_label=False, data_dir=None, pro
                       source=data.source)
 
 
-def load_evaluation_data(name, *, data_dir=None, progressbar=None, channels_last=None, size=None,
-                         keep_dtype=False) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
+def load_evaluation_data(name: str | os.PathLike, *, data_dir: str | os.PathLike | None = None,
+                         progressbar: bool | None = None, channels_last: bool | None = None,
+                         size: tuple[int, int] | None = None, keep_dtype: bool = False,
+                         ) -> tuple[np.ndarray, np.ndarray, tuple[str, ...] | None]:
     """The labelled images to evaluate a model on: ``(x, t, classes)``, x float32 (N, C, H, W).
 
     * a named set: its test split (``mnist-bundled``: its 2,000 validation images);
@@ -117,7 +121,15 @@ def load_evaluation_data(name, *, data_dir=None, progressbar=None, channels_last
     * a folder of class folders: all of it.
 
     Args:
-        name, data_dir, progressbar, channels_last, size, keep_dtype: as in :func:`load_dataset`.
+        name: a data set name, an ``.npz`` path or a folder of class folders (as in
+            :func:`load_dataset`).
+        data_dir: download and cache folder (default ``$XPCONV_DATA`` or
+            ``pooch.os_cache("xpconv")``).
+        progressbar: download progress bars (None: when stderr is a terminal).
+        channels_last: for an ``.npz``: None refuses (N, H, W, C) images, True transposes
+            them, False takes 4-d images as (N, C, H, W).
+        size: for a folder: ``(H, W)`` to resize every image to.
+        keep_dtype: images stay in their stored dtype (8-bit images stay uint8).
 
     Returns:
         ``(x, t, classes)``: t int64 (N,); ``classes`` the label names or None.

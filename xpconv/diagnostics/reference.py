@@ -101,6 +101,10 @@ def avg_pool2d(x, k, stride, pad, count_include_pad):
 
 
 def avg_pool2d_backward(dy, x, k, stride, pad, divisor):
+    """Gradient of :func:`avg_pool2d`: ``dy / divisor`` added to every tap of its window.
+
+    Shapes: dy (N, C, OH, OW) -> dx (N, C, H, W) like ``x``.
+    """
     kh, kw = _pair(k)
     xp, _, tap = _windows(x, k, stride, pad)
     dxp = np.zeros_like(xp)
@@ -118,6 +122,7 @@ def im2col(x, k, stride, pad, dilation):
 
 
 def col2im(col, shape, k, stride, pad, dilation):
+    """Adjoint of :func:`im2col`: col (N*OH*OW, C*KH*KW) summed back onto x of ``shape`` (N, C, H, W)."""
     kh, kw = _pair(k)
     xp, win, tap = _windows(np.zeros(shape), k, stride, pad, dilation)
     N, C, oh, ow = win.shape[:4]

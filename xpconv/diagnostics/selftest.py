@@ -121,9 +121,11 @@ def run(device="auto", *, dtype="float32", batch_size=100, repeat=10, warmup=2, 
     """Run every check and time a training step on ``device`` (a spec string or Device).
 
     Args:
+        device: where to run: a spec string ("auto", "cpu", "cuda", "torch", ...) or a Device.
         dtype: "float32" (default), "float64" or "float16".
         batch_size: mini-batch of the timed SimpleConvNet step (MNIST-sized input).
-        repeat, warmup: timed steps and untimed steps before them.
+        repeat: timed training steps.
+        warmup: untimed steps before them.
         seed: seed of every random input and of the networks' weights.
     """
     if dtype not in TOLERANCES:
@@ -218,7 +220,7 @@ def _in_chunks(fn):
 
 def _conv_checks(c: _Checker, label, x_shape, w_shape, kw):
     x, w, b = c.host(*x_shape), c.host(*w_shape), c.host(w_shape[0])
-    opts = dict(kw, rounding="floor")
+    opts: dict[str, Any] = dict(kw, rounding="floor")
     y_ref = reference.conv2d(x, w, b, **kw)
     dy = c.host(*y_ref.shape)
     dx_ref, dw_ref, db_ref = reference.conv2d_backward(dy, x, w, **kw)
@@ -239,7 +241,7 @@ def _max_pool_checks(c: _Checker):
     y_ref = reference.max_pool2d(x, k, **kw)
     dy = c.host(*y_ref.shape)
     dx_ref = reference.max_pool2d_backward(dy, x, k, **kw)
-    opts = dict(kw, rounding="floor")
+    opts: dict[str, Any] = dict(kw, rounding="floor")
 
     def backward():
         return c.error(F.max_pool2d_backward(c.put(dy), c.put(x), k, **opts), dx_ref)
@@ -255,7 +257,7 @@ def _avg_pool_checks(c: _Checker):
     refs = {cip: reference.avg_pool2d(x, k, **kw, count_include_pad=cip) for cip in (True, False)}
     dy = c.host(*refs[True][0].shape)
     dx_refs = {cip: reference.avg_pool2d_backward(dy, x, k, **kw, divisor=refs[cip][1]) for cip in (True, False)}
-    opts = dict(kw, rounding="floor")
+    opts: dict[str, Any] = dict(kw, rounding="floor")
 
     def forward():
         return c.errors([(F.avg_pool2d(c.put(x), k, **opts, count_include_pad=cip), refs[cip][0])
@@ -274,7 +276,7 @@ def _col_checks(c: _Checker):
     col_ref = reference.im2col(x, (fh, fw), **kw)
     col = c.host(*col_ref.shape)
     x_ref = reference.col2im(col, shape, (fh, fw), **kw)
-    opts = dict(kw, rounding="floor")
+    opts: dict[str, Any] = dict(kw, rounding="floor")
     return [(f"im2col {label}", lambda: c.error(F.im2col(c.put(x), fh, fw, **opts), col_ref)),
             (f"col2im {label}", lambda: c.error(F.col2im(c.put(col), shape, fh, fw, **opts), x_ref))]
 

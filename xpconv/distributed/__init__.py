@@ -30,15 +30,20 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy
 from array_api_compat import array_namespace
 
+from .._typing import Array
 from ..devices import Device, device as resolve_device, device_scope, from_host, to_numpy
 from ..layers.shard import Shard, current_shard, sharded
+
+if TYPE_CHECKING:
+    from ..network import Sequential
 
 __all__ = ["init", "active", "launcher_size", "Communicator", "SingleProcess", "MPICommunicator", "Shard",
            "current_shard", "sharded", "launched_by_mpi", "find_mpiexec", "DistributedUnavailable",
@@ -163,23 +168,23 @@ class Communicator:
     def barrier(self) -> None:
         """Wait until every rank got here."""
 
-    def sum(self, a):
+    def sum(self, a: Array) -> Array:
         """Sum ``a`` over the ranks, in place: every rank gets the same sum. Returns ``a``."""
         return a
 
-    def broadcast(self, a, root: int = 0):
+    def broadcast(self, a: Array, root: int = 0) -> Array:
         """Copy ``root``'s ``a`` into every rank's ``a`` (same shape and dtype). Returns ``a``."""
         return a
 
-    def sum_ints(self, values) -> list[int]:
+    def sum_ints(self, values: Iterable[int]) -> list[int]:
         """Exact sums of Python integers over the ranks (counts)."""
         return [int(v) for v in values]
 
-    def broadcast_object(self, obj, root: int = 0):
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         """``root``'s small Python object (seeds, generator states, names) on every rank."""
         return obj
 
-    def abort(self, code: int = 1):
+    def abort(self, code: int = 1) -> None:
         """End every rank of the job now with exit status ``code``."""
         sys.stdout.flush()
         sys.stderr.flush()
@@ -196,17 +201,19 @@ class Communicator:
         start = self.rank * q + min(self.rank, r)
         return start, start + q + (1 if self.rank < r else 0)
 
-    def shard(self, items):
+    def shard(self, items: Any) -> Any:
         """This rank's contiguous share of ``items`` (a host index array, a list, ...)."""
         start, stop = self.share(len(items))
         return items[start:stop]
 
-    def gradient(self, network, x, t, batch):
+    def gradient(self, network: Sequential, x: Array, t: Array,
+                 batch: numpy.ndarray) -> tuple[dict[str, Array], Array]:
         """Gradient and mean loss of a global batch, summed over the ranks.
 
         Args:
             network: a Sequential model (every rank holds the same one).
-            x, t: the whole training set, already on the network's device.
+            x: the whole training set's inputs, already on the network's device.
+            t: its labels, on the same device.
             batch: host integer indices of the global batch, the same on every rank
                 (a slice of one shared permutation); this rank uses its ``share``.
 
@@ -229,7 +236,8 @@ class Communicator:
                 grads, loss = _join_without_samples(network, x), None
         return self.allreduce_gradients(grads, loss, shard.weight)
 
-    def allreduce_gradients(self, grads, loss, weight: float):
+    def allreduce_gradients(self, grads: Mapping[str, Array], loss: Array | None,
+                            weight: float) -> tuple[dict[str, Array], Array | None]:
         """Sum ``weight * grads[name]`` and ``weight * loss`` over the ranks: one packed buffer.
 
         Args:
@@ -268,7 +276,7 @@ class Communicator:
                 offset += size
             return out, buffer[offset]
 
-    def accuracy(self, network, x, t, batch_size: int = 100) -> float:
+    def accuracy(self, network: Sequential, x: Array, t: Array, batch_size: int = 100) -> float:
         """Accuracy over all of ``x``: each rank counts its share's correct predictions,
         the integer counts are summed (exact, whatever the shares).
         """
@@ -282,7 +290,7 @@ class Communicator:
             correct = round(fraction * (stop - start))   # exact: correct / n * n, n < 2**52
         return self.sum_ints([correct])[0] / n
 
-    def broadcast_model(self, network) -> None:
+    def broadcast_model(self, network: Sequential) -> None:
         """Rank ``0``'s parameters, buffers (running statistics) and layer random
         generators (Dropout masks) on every rank.
         """
@@ -300,12 +308,12 @@ class Communicator:
         for layer in getattr(network, "layers", {}).values():
             self.broadcast_rng(getattr(layer, "_rng", None))
 
-    def broadcast_rng(self, rng) -> None:
+    def broadcast_rng(self, rng: numpy.random.Generator | None) -> None:
         """Rank 0's state of the host generator ``rng`` on every rank (None: nothing)."""
         if rng is not None and hasattr(rng, "bit_generator"):
             rng.bit_generator.state = self.broadcast_object(rng.bit_generator.state)
 
-    def local_device(self, spec="auto") -> Device:
+    def local_device(self, spec: str | Device = "auto") -> Device:
         """The device of this rank: a GPU spec without an index becomes this rank's GPU.
 
         "auto" (a GPU when CuPy can use one), "cuda"/"gpu" -> ``cuda:{g}``, "torch:cuda" ->
@@ -341,7 +349,7 @@ class SingleProcess(Communicator):
 class MPICommunicator(Communicator):
     """The ranks of an mpi4py communicator (``MPI.COMM_WORLD`` from :func:`init`)."""
 
-    def __init__(self, mpi_comm, transport: str = "host"):
+    def __init__(self, mpi_comm: Any, transport: str = "host") -> None:
         super().__init__(transport)
         self._MPI = _import_mpi()
         self._comm = mpi_comm
@@ -356,23 +364,23 @@ class MPICommunicator(Communicator):
         with self._timed():
             self._comm.Barrier()
 
-    def sum(self, a):
+    def sum(self, a: Array) -> Array:
         return self._collective(a, "sum", 0)
 
-    def broadcast(self, a, root: int = 0):
+    def broadcast(self, a: Array, root: int = 0) -> Array:
         return self._collective(a, "broadcast", root)
 
-    def sum_ints(self, values) -> list[int]:
+    def sum_ints(self, values: Iterable[int]) -> list[int]:
         counts = numpy.array([int(v) for v in values], dtype=numpy.int64)
         with self._timed():
             self._comm.Allreduce(self._MPI.IN_PLACE, counts, op=self._MPI.SUM)
         return [int(v) for v in counts]
 
-    def broadcast_object(self, obj, root: int = 0):
+    def broadcast_object(self, obj: Any, root: int = 0) -> Any:
         with self._timed():           # mpi4py pickles it; only ever from a rank of this job
             return self._comm.bcast(obj, root=root)
 
-    def abort(self, code: int = 1):
+    def abort(self, code: int = 1) -> None:
         sys.stdout.flush()
         sys.stderr.flush()
         self._comm.Abort(code)

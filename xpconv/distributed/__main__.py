@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 import numpy
 
@@ -23,7 +24,7 @@ from . import MPI_EXTRA, TRANSPORTS, Communicator, DistributedUnavailable, find_
 
 # ============================================================================ selftest
 
-def selftest(comm: Communicator, specs=None) -> int:
+def selftest(comm: Communicator, specs: list[str] | None = None) -> int:
     """Every collective on every usable device, checked against the expected values.
 
     Run under ``mpiexec -n 2 python -m xpconv.distributed --selftest [--transport nccl]``;
@@ -169,7 +170,8 @@ def _bench_worker(steps: int, batch_size: int, model: str) -> None:
 
 # ============================================================================ command line
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m xpconv.distributed``: run ``--selftest`` or ``--bench``; returns the exit status."""
     p = argparse.ArgumentParser(prog="python -m xpconv.distributed",
                                 description="Checks of xpconv's data-parallel training on MPI.")
     what = p.add_mutually_exclusive_group(required=True)

@@ -10,13 +10,16 @@ with a handful of ops.
 """
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any
 
 from array_api_compat import array_namespace, device as array_device, is_array_api_obj
 
 from .. import serialization
 from .._kernels.checks import check_labels
+from .._typing import Array
 from ..devices import Device, device as resolve_device, device_of, device_scope, dtype_name, is_host_numpy, to_numpy
 from ..gradcheck import numerical_gradient as _numerical_gradient
 from ..layers.loss import SoftmaxWithLoss
@@ -171,7 +174,8 @@ class Sequential:
     >>> grads = net.gradient(x, t)                                          # doctest: +SKIP
     """
 
-    def __init__(self, layers, last_layer=None, *, param_names=None):
+    def __init__(self, layers: Iterable[tuple[str, Any]] | Mapping[str, Any], last_layer: Any = None, *,
+                 param_names: Mapping[str, tuple[str, str]] | None = None) -> None:
         self.layers = OrderedDict(layers)
         self.last_layer = SoftmaxWithLoss() if last_layer is None else last_layer
         self._bindings = OrderedDict()
@@ -191,7 +195,7 @@ class Sequential:
         self.params.pack()   # the layers' arrays become views into one buffer per dtype
 
     # ------------------------------------------------------------------ the book's API
-    def predict(self, x, train_flg=False):
+    def predict(self, x: Array, train_flg: bool = False) -> Array:
         """Scores before the loss: (N, ...) -> (N, classes); one sample (C, H, W) -> (classes,).
         Input by the rule of :meth:`_input` (uint8 scaled by 1/255, host data moved).
         """
@@ -202,14 +206,14 @@ class Sequential:
                 x = layer.forward(x, train_flg) if _takes_train_flg(layer) else layer.forward(x)
         return x[0, ...] if single else x
 
-    def predict_proba(self, x):
+    def predict_proba(self, x: Array) -> Array:
         """Class probabilities ``softmax(predict(x))``: x (N, C, H, W) -> (N, K); one sample
         (C, H, W) -> (K,).
         """
         from ..layers.loss import softmax
         return softmax(self.predict(x))
 
-    def predict_classes(self, x):
+    def predict_classes(self, x: Array) -> Array:
         """The most likely class, ``argmax(predict(x))``: x (N, C, H, W) -> (N,) integers; one
         sample (C, H, W) -> a 0-d array.
         """
@@ -221,7 +225,7 @@ class Sequential:
         ndim = len(x.shape) if hasattr(x, "shape") else len(to_numpy(x).shape)
         return channels is not None and (ndim == 3 or (ndim == 2 and channels == 1))
 
-    def loss(self, x, t, train_flg=True):
+    def loss(self, x: Array, t: Array, train_flg: bool = True) -> Array:
         """Mean loss of the batch, a 0-d array; ``t`` by the label rule of ``accuracy``."""
         y = self.predict(x, train_flg)
         if isinstance(self.last_layer, SoftmaxWithLoss):   # class labels: checked on the host
@@ -230,7 +234,7 @@ class Sequential:
             t = self.device.asarray(t)
         return self.last_layer.forward(y, t)
 
-    def accuracy(self, x, t, batch_size=100) -> float:
+    def accuracy(self, x: Array, t: Array, batch_size: int = 100) -> float:
         """Fraction of the N samples whose highest score is their label's class.
 
         Every sample counts, also those of a last partial batch. Labels follow one rule:
@@ -268,7 +272,7 @@ class Sequential:
                              f"{counts[1]} of {n} labels are outside")
         return counts[0] / n
 
-    def gradient(self, x, t):
+    def gradient(self, x: Array, t: Array) -> dict[str, Array]:
         """Gradients of ``loss(x, t)`` by backpropagation: ``{name: array like params[name]}``.
 
         On host NumPy a batch of more than 64 samples goes through the network in equal
@@ -289,7 +293,7 @@ class Sequential:
                 dout = layer.backward(dout)
         return {name: getattr(layer, gattr) for name, (layer, _, gattr) in self._bindings.items()}
 
-    def numerical_gradient(self, x, t, eps=1e-4):
+    def numerical_gradient(self, x: Array, t: Array, eps: float = 1e-4) -> dict[str, Array]:
         """Gradients of ``loss(x, t)`` by central differences, in float64 whatever the dtype.
 
         The loss is evaluated on a float64 copy of every parameter and buffer and of
@@ -328,7 +332,7 @@ class Sequential:
         return grads
 
     # ------------------------------------------------------------------ devices and files
-    def to(self, spec) -> Sequential:
+    def to(self, spec: str | Device) -> Sequential:
         """Move every parameter and buffer to ``spec`` (a spec string or Device); returns self."""
         target = resolve_device(spec)
         for layer, attr in self._arrays():
@@ -347,7 +351,7 @@ class Sequential:
         out.update((key, to_numpy(getattr(layer, attr)).copy()) for key, layer, attr in self._buffers())
         return out
 
-    def save_params(self, path="params.pkl") -> None:
+    def save_params(self, path: str | os.PathLike = "params.pkl") -> None:
         """Write parameters (and buffers) to ``path`` as an ``.npz`` of host arrays (the
         book's default name, ``params.pkl``, holds an ``.npz`` too: loading goes by content).
 
@@ -366,7 +370,7 @@ class Sequential:
             metadata["classes"] = json.dumps([str(c) for c in names])
         serialization.save_arrays(path, self.state_arrays(), metadata=metadata)
 
-    def load_params(self, path="params.pkl") -> Sequential:
+    def load_params(self, path: str | os.PathLike = "params.pkl") -> Sequential:
         """Read parameters saved by ``save_params`` (from any device) onto this model's device.
 
         Names and shapes must match this model. The file's content decides how it is read:
@@ -428,7 +432,9 @@ class Sequential:
         return device_of(first)
 
     def _input(self, x):
-        """The model's input, by one rule everywhere (predict, loss, accuracy, gradient):
+        """The model's input, by one rule everywhere (predict, loss, accuracy, gradient).
+
+        The rule:
 
         * host data (NumPy, lists) moves to the model's device in the model's dtype; an
           array of another library is shared through DLPack where the device allows

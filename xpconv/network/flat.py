@@ -12,10 +12,11 @@ shows it; never JAX, whose arrays are immutable).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 from array_api_compat import array_namespace, device as array_device
 
+from .._typing import Array
 from ..devices import device_scope, dtype_name, to_numpy
 
 
@@ -30,7 +31,7 @@ class FlatGroup:
         key: ``(names, shapes, dtype name, library, device)``: equal keys, same layout.
     """
 
-    def __init__(self, names, shapes, buffer):
+    def __init__(self, names: Iterable[str], shapes: Iterable[Iterable[int]], buffer: Array) -> None:
         xp = array_namespace(buffer)
         self.names, self.shapes, self.buffer = tuple(names), tuple(map(tuple, shapes)), buffer
         self.slices, start = {}, 0
@@ -51,24 +52,24 @@ class FlatGroup:
         names = list(arrays)
         return cls(names, [tuple(arrays[n].shape) for n in names], gather(arrays, names))
 
-    def gather(self, arrays: Mapping):
+    def gather(self, arrays: Mapping[str, Array]) -> Array:
         """``arrays[name]`` for every name, flattened and concatenated like ``buffer`` (1 op)."""
         return gather(arrays, self.names)
 
-    def store(self, name, value) -> None:
+    def store(self, name: str, value: Array) -> None:
         """Copy ``value`` (``shapes[name]``-shaped) into its slice of the buffer (1 op)."""
         a, b = self.slices[name]
         self.buffer[a:b] = array_namespace(value).reshape(value, (b - a,))
 
 
-def gather(arrays: Mapping, names):
+def gather(arrays: Mapping[str, Array], names: Sequence[str]) -> Array:
     """``concat([reshape(arrays[n], (-1,)) for n in names])``: a new 1-D array (1 op)."""
     first = arrays[names[0]]
     xp = array_namespace(first)
     return xp.concat([xp.reshape(arrays[n], (math.prod(arrays[n].shape),)) for n in names])
 
 
-def layout_key(names, shapes, like) -> tuple:
+def layout_key(names: Iterable[str], shapes: Iterable[Iterable[int]], like: Array) -> tuple:
     """What must match for two groups to share a layout (and optimizer state)."""
     return (tuple(names), tuple(map(tuple, shapes)), dtype_name(like), type(like).__module__,
             str(array_device(like)))
@@ -85,7 +86,7 @@ def by_dtype(arrays: Mapping) -> list[dict]:
 _SHARES: dict = {}
 
 
-def shares_views(like) -> bool:
+def shares_views(like: Array) -> bool:
     """Whether views of a buffer of ``like``'s library alias it under in-place updates.
 
     Known for NumPy, CuPy and torch (yes) and JAX (no: immutable arrays); any other

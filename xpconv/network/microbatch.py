@@ -27,10 +27,17 @@ from __future__ import annotations
 
 import copy
 import weakref
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
 
 from .. import threads
+from .._typing import Array
 from ..devices import dtype_name, is_host_numpy
 from ..layers import Affine, Convolution, Flatten, Pooling, Relu, Sigmoid, SoftmaxWithLoss
+
+if TYPE_CHECKING:
+    from . import Sequential
 
 MICRO_BATCH = 64
 SAMPLE_WISE = (Affine, Convolution, Flatten, Pooling, Relu, Sigmoid)
@@ -49,7 +56,7 @@ def parts(n: int) -> list[tuple[int, int]]:
     return list(zip(bounds[:-1], bounds[1:]))
 
 
-def applies(network, x) -> bool:
+def applies(network: Sequential, x: Array) -> bool:
     """Whether ``network.gradient(x, t)`` is computed in parts: host NumPy, more than
     ``MICRO_BATCH`` samples, only sample-wise layers and the softmax loss.
     """
@@ -57,7 +64,7 @@ def applies(network, x) -> bool:
             and type(network.last_layer) is SoftmaxWithLoss and _sample_wise(network))
 
 
-def predictions(network, x, batches):
+def predictions(network: Sequential, x: Array, batches: list[tuple[int, int]]) -> Iterator[Array]:
     """Yield ``network.predict(x[start:stop])`` for each (start, stop) of ``batches``, in
     order. On host NumPy, for a network of sample-wise layers, the workers predict a batch
     each, through shallow copies of the layers made for that batch (the network's own
@@ -82,7 +89,7 @@ def predictions(network, x, batches):
     yield from threads.imap_chunks(predict, batches, threads.workers(x))
 
 
-def one_pass(x):
+def one_pass(x: Array) -> AbstractContextManager[Any]:
     """Context for a one-pass ``gradient`` over ``x: (N, ...)``: on host NumPy, a pass of at
     most ``MICRO_BATCH`` samples runs its matrix products at one BLAS thread, as a
     micro-batch does on a worker (``threads.blas_in_pass``; restored after).
@@ -94,13 +101,17 @@ def _sample_wise(network) -> bool:
     return all(type(layer) in SAMPLE_WISE for layer in network.layers.values())
 
 
-def gradient(network, bindings, x, t):
+def gradient(network: Sequential, bindings: Mapping[str, tuple[Any, str, str]], x: Array,
+             t: Array) -> dict[str, Array]:
     """The gradient of ``network``'s mean loss over ``x: (N, ...)`` and ``t`` (labels
     already checked for N samples), in parts; like a one-pass ``gradient`` it sets the
     layers' gradients (``dW``, ``db``) and the loss layer's ``loss``.
 
     Args:
+        network: the :class:`~xpconv.network.Sequential` whose layers compute the gradient.
         bindings: ``{name: (layer, attr, grad_attr)}`` of the network's parameters.
+        x: the inputs, (N, ...), on the host.
+        t: the labels of the N samples, already checked.
 
     Returns:
         ``{name: gradient}``, new arrays.
@@ -124,7 +135,8 @@ def gradient(network, bindings, x, t):
             dout = layer.backward(dout)
         return {name: getattr(mine[i], gattr) for name, i, gattr in grad_of}, loss * weight
 
-    total = loss = None
+    total: Any = None    # {name: summed gradient} once the first part is in
+    loss: Any = None
     for grads, part_loss in threads.imap_chunks(part, chunks, threads.workers(x)):   # in order
         if total is None:        # the first part's arrays: fresh, and owned by its replicas
             total, loss = grads, part_loss

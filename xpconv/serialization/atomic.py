@@ -18,8 +18,9 @@ import re
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 fcntl: Any
 try:
@@ -112,7 +113,7 @@ def _sigterm_deferred():
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike):
+def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file; when the body returns, it atomically becomes ``path``.
 
     If the body raises (or the process gets SIGTERM), the temporary file is removed

@@ -29,6 +29,7 @@ import struct
 import tokenize
 import zipfile
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -165,7 +166,7 @@ class NpzReader:
                 f"but the archive holds {_size(declared - data_offset)} for it")
         return header
 
-    def check_budget(self, names) -> None:
+    def check_budget(self, names: Collection[str]) -> None:
         """Refuse now if reading all of ``names`` would exceed the byte budget."""
         total = sum(self.header(name).nbytes for name in names)
         if total > self.budget:

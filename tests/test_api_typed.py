@@ -25,11 +25,9 @@ ALLOWED_UNTYPED = {
     "BatchNormalization", "SoftmaxWithLoss", "softmax", "cross_entropy_error",
     # xpconv/compile.py
     "compile_step",
-    # xpconv/threads.py
-    "get_num_threads", "set_num_threads",
 }
 # the modules the allowlist may point into: it cannot hide a name defined elsewhere
-ALLOWED_MODULES = ("xpconv.layers", "xpconv.compile", "xpconv.threads")
+ALLOWED_MODULES = ("xpconv.layers", "xpconv.compile")
 
 
 def _missing_in(func, *, skip_first: bool, need_return: bool) -> list[str]:

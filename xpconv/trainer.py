@@ -118,7 +118,8 @@ class Trainer:
         keep_best: with ``checkpoint``, also write the model of the epoch with the best
             validation accuracy to ``checkpoint/best.npz`` (a model file: ``load_model``).
         compile: run each step through :func:`xpconv.compile_step` (one ``jax.jit`` program
-            on JAX; the plain step elsewhere). Not with ``comm``.
+            on JAX, one ``torch.compile`` graph on torch, compiled at the first step of each
+            batch size; the plain step on NumPy and CuPy). Not with ``comm``.
 
     After ``train()``: ``history`` (one dict per epoch: ``epoch``, ``train_loss`` (the
     epoch's mean), ``train_acc``, ``val_loss``, ``val_acc``, ``lr``, ``seconds``,

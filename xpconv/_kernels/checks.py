@@ -89,10 +89,12 @@ def check_labels(who: str, t, n: int, k: int | None = None, *, name: str = "t",
     values are checked, a label outside 0..K-1.
 
     Args:
-        who, name: named in messages (``"SoftmaxWithLoss.forward"``, ``"t"``).
+        who: the caller, named in messages (``"SoftmaxWithLoss.forward"``).
+        t: the labels, an array of any library.
         n: number of samples N.
         k: number of classes K (None when not known: only ``t >= 0`` is checked, and
             any 2-D integer or floating ``t`` with N rows counts as targets).
+        name: the labels' name in messages (``"t"``, ``"t_train"``).
         check_values: check the label range. None (default): only for host NumPy
             arrays, where it costs no device synchronization; device labels are checked
             branch-free by the losses instead (an out-of-range label makes the loss NaN).

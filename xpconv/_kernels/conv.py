@@ -110,7 +110,7 @@ def conv2d_backward_unchecked(dy, x, w, geom: Window2d, groups: int, *, input_gr
         if input_grad:
             dcols = xp.reshape(xp.matrix_transpose(wmat) @ grads, (n, C, geom.taps, OH, OW))
             part = _windows.fold((dcols[:, :, k, ...] for k in range(geom.taps)), geom, x, (n, C, H, W))
-            del dcols
+            dcols = None   # not del: torch.compile cannot trace deleting a closure's variable
             dx = part if whole else set_rows(dx, n0, n1, part)
             del part
         # columns kept by forward cover the whole batch: usable only as a single chunk

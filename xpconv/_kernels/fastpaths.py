@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import sys
 
 import array_api_compat
 import numpy
 
 from .._backends import backend_of
 
-__all__ = ["keep_where", "constant", "prefers_fewer_ops", "as_on_a_gpu"]
+__all__ = ["keep_where", "constant", "prefers_fewer_ops", "as_on_a_gpu", "under_compiler",
+           "torch_compiling"]
 
 _AS_ON_A_GPU = contextvars.ContextVar("xpconv_as_on_a_gpu", default=False)
 
@@ -27,16 +29,36 @@ def prefers_fewer_ops(x) -> bool:
     launch on a GPU, a dispatch in JAX): kernels then prefer fewer, larger ops. False on
     NumPy, whose per-op cost is small and whose fast paths are many cheap ops, and on torch's
     CPU, where the fewer but heavier ops measured 2.5x slower per SimpleConvNet step (39 vs
-    15.5 ms); :func:`as_on_a_gpu` makes torch choose as on a GPU (the launch proxy)."""
+    15.5 ms); :func:`as_on_a_gpu` makes torch choose as on a GPU (the launch proxy).
+    """
     backend = backend_of(x)
-    return backend.prefers_fewer_ops and (_AS_ON_A_GPU.get() or backend.fewer_ops_on(
+    return backend.prefers_fewer_ops and (under_compiler(x) or _AS_ON_A_GPU.get() or backend.fewer_ops_on(
         array_api_compat.device(x)))
+
+
+def under_compiler(x) -> bool:
+    """True while a compiler traces ``x``: a JAX tracer (``jax.jit``; its device is None), or
+    any torch tensor while ``torch.compile`` traces (``torch.compiler.is_compiling()``).
+
+    Kernels then take their GPU paths (fewer, larger ops, no read-back to the host) and
+    nothing traced is kept in a cache (:func:`constant`).
+    """
+    if array_api_compat.device(x) is None:
+        return True
+    return array_api_compat.is_torch_array(x) and torch_compiling()
+
+
+def torch_compiling() -> bool:
+    """True while ``torch.compile`` traces (never imports torch)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
 
 
 @contextlib.contextmanager
 def as_on_a_gpu():
     """Kernels choose their paths as they would on a GPU (for counting what a GPU would launch
-    on torch's CPU or meta device: :func:`xpconv.diagnostics.launches.count_launches`)."""
+    on torch's CPU or meta device: :func:`xpconv.diagnostics.launches.count_launches`).
+    """
     token = _AS_ON_A_GPU.set(True)
     try:
         yield
@@ -92,7 +114,7 @@ def constant(value, like, dtype=None, *, key=None):
     else:
         def build(xp, dtype, where):
             return xp.asarray(value, dtype=dtype, device=where)
-    if isinstance(like, numpy.ndarray) or where is None:   # None: a tracer; never cache one
+    if isinstance(like, numpy.ndarray) or under_compiler(like):   # never cache a traced value
         return build(xp, dtype, where)
     cache_key = (type(like).__module__, str(where), str(dtype), repr(value) if key is None else key)
     try:

@@ -90,13 +90,15 @@ class Window2d:
     def blocks(self) -> bool:
         """The windows are disjoint blocks side by side from the top-left corner: no
         padding, no overlap, no gap (``s == k`` on both axes); rows and columns past the
-        last window (``size - out * k``, from rounding="floor") are left over."""
+        last window (``size - out * k``, from rounding="floor") are left over.
+        """
         return not self.padded and all(a.s == a.k and (a.d == 1 or a.k == 1) for a in (self.h, self.w))
 
     @property
     def tiles(self) -> bool:
         """The windows tile the input exactly: no padding, no overlap, no gap, nothing
-        left over (``s == k`` and ``size == out * k`` on both axes)."""
+        left over (``s == k`` and ``size == out * k`` on both axes).
+        """
         return self.blocks and all(a.size == a.out * a.k for a in (self.h, self.w))
 
 
@@ -108,8 +110,9 @@ def window2d(who: str, in_hw, kernel, stride=1, pad=0, dilation=1, rounding="exa
         who: name of the calling op or layer, used in error messages.
         in_hw: (H, W) of the input.
         kernel: (FH, FW).
-        stride, dilation: int or (h, w), each >= 1.
+        stride: int or (h, w), each >= 1.
         pad: int, (ph, pw), ((top, bottom), (left, right)), "valid", "same" or "full".
+        dilation: int or (h, w), each >= 1: the spacing of the kernel's taps.
         rounding: "exact", "floor" or (pooling only) "ceil".
         pooling: apply pooling's extra rules (ceil allowed; pad <= half the kernel).
     """
@@ -169,7 +172,7 @@ def check_pad(who: str, pad, *, pool_kernel=None) -> None:
 
 
 def _pads(who: str, pad) -> tuple[tuple[int, int], tuple[int, int]]:
-    """int | (ph, pw) | ((top, bottom), (left, right)) -> ((top, bottom), (left, right))."""
+    """Int | (ph, pw) | ((top, bottom), (left, right)) -> ((top, bottom), (left, right))."""
     if _is_int(pad):
         pads = ((pad, pad), (pad, pad))
     elif isinstance(pad, (tuple, list)) and len(pad) == 2 and all(_is_int(p) for p in pad):

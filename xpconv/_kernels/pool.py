@@ -189,7 +189,8 @@ def _score_bytes(taps: int) -> int:
 
 def _window_view(x, geom: Window2d):
     """(n, C, H, W) -> (n, C, OH, kh, OW, kw), for disjoint windows (``Window2d.blocks``);
-    what lies past the last window is cropped (a copy then, where the library needs one)."""
+    what lies past the last window is cropped (a copy then, where the library needs one).
+    """
     xp = array_namespace(x)
     n, C = x.shape[:2]
     (OH, kh), (OW, kw) = (geom.h.out, geom.h.k), (geom.w.out, geom.w.k)

@@ -11,7 +11,7 @@ tap's (N, C, OH, OW) piece back onto the input positions it came from.
 from __future__ import annotations
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace, device
+from array_api_compat import array_namespace, device, is_torch_array
 
 from .geometry import Window2d
 
@@ -47,6 +47,7 @@ def fold(pieces, geom: Window2d, like, shape):
     Args:
         pieces: iterable of (N, C, OH, OW) arrays, the gradient through each tap,
             in tap order k = i*FW + j (consumed in that order, one at a time).
+        geom: the window geometry (kernel, stride, padding, dilation, output size).
         like: an array whose dtype and device the result takes.
         shape: (N, C, H, W) of the unpadded input.
 
@@ -66,10 +67,25 @@ def fold(pieces, geom: Window2d, like, shape):
             cols = geom.w.tap_inside(j)
             if rows is None or cols is None:
                 continue
-            at = xpx.at(out)[:, :, rows[0], cols[0]]
-            piece = piece[:, :, rows[1], cols[1]]
-            out = at.set(piece) if disjoint else at.add(piece)
+            out = _put(out, (slice(None), slice(None), rows[0], cols[0]), piece[:, :, rows[1], cols[1]],
+                       add=not disjoint)
     return out
+
+
+def _put(out, index, piece, *, add: bool):
+    """``out[index] = piece`` (``+= piece`` when ``add``), in place where the library allows.
+
+    torch writes in place directly (``xpx.at`` inspects the index in ways ``torch.compile``
+    cannot trace); every other library goes through ``xpx.at`` (JAX: a new array).
+    """
+    if is_torch_array(out):
+        if add:
+            out[index] += piece
+        else:
+            out[index] = piece
+        return out
+    at = xpx.at(out)[index]
+    return at.add(piece) if add else at.set(piece)
 
 
 def inside_mask(geom: Window2d, i: int, j: int, like):

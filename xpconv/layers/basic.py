@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Any
 
 from array_api_compat import array_namespace
 
 from .._kernels.checks import check_array, check_floating, check_grad, check_ndim, check_same_place
-from .._kernels.fastpaths import keep_where
+from .._kernels.fastpaths import constant, keep_where
+from .._typing import Array
 from ..devices import device_scope, from_host, host_rng
 from .shard import current_shard
 
@@ -38,7 +40,7 @@ class Affine:
     ``original_x_shape`` so that ``backward`` can give dx back in that shape.
     """
 
-    def __init__(self, W, b):
+    def __init__(self, W: Array, b: Array) -> None:
         who = "Affine"
         check_floating(who, "W", W)
         check_ndim(who, "W", W, 2, "(D, M)")
@@ -49,11 +51,12 @@ class Affine:
             raise ValueError(f"{who}: expected b of shape (M,) = ({W.shape[1]},) for W of shape "
                              f"{tuple(W.shape)}; got {tuple(b.shape)}")
         self.W, self.b = W, b
-        self.x = None                  # flattened input (N, D), kept for backward
-        self.original_x_shape = None
-        self.dW = self.db = None
+        self.x: Any = None                  # flattened input (N, D), kept for backward
+        self.original_x_shape: Any = None
+        self.dW: Any = None
+        self.db: Any = None
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         who = "Affine.forward"
         check_floating(who, "x", x)
         if x.ndim < 1:
@@ -71,7 +74,7 @@ class Affine:
             self.x = xp.reshape(x, (x.shape[0], D))                      # (N, D)
             return self.x @ self.W + self.b                              # (N, M)
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         who = "Affine.backward"
         _need_forward(who, self.x)
         check_grad(who, "dout", dout, self.x, "the forward input",
@@ -99,16 +102,17 @@ class Relu:
     """
 
     def __init__(self):
-        self.out = None
+        self.out: Any = None
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         check_floating("Relu.forward", "x", x)
         xp = array_namespace(x)
         with device_scope(x):
-            self.out = xp.maximum(x, 0.0)          # maximum propagates NaN
+            # maximum propagates NaN; a 0 array, not 0.0: no result_type of a Python scalar
+            self.out = xp.maximum(x, constant(0, x))
         return self.out
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         who = "Relu.backward"
         _need_forward(who, self.out)
         check_grad(who, "dout", dout, self.out, "the forward input", self.out.shape)
@@ -131,9 +135,9 @@ class Sigmoid:
     """
 
     def __init__(self):
-        self.out = None
+        self.out: Any = None
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         check_floating("Sigmoid.forward", "x", x)
         xp = array_namespace(x)
         with device_scope(x):
@@ -141,7 +145,7 @@ class Sigmoid:
             self.out = xp.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         return self.out
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         who = "Sigmoid.backward"
         _need_forward(who, self.out)
         check_grad(who, "dout", dout, self.out, "the forward input", self.out.shape)
@@ -160,9 +164,9 @@ class Flatten:
     """
 
     def __init__(self):
-        self.original_x_shape = None
+        self.original_x_shape: Any = None
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         who = "Flatten.forward"
         check_array(who, "x", x)
         if x.ndim < 1:
@@ -173,7 +177,7 @@ class Flatten:
         with device_scope(x):
             return xp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))   # (N, prod)
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         who = "Flatten.backward"
         _need_forward(who, self.original_x_shape)
         N = self.original_x_shape[0]
@@ -215,17 +219,17 @@ class Dropout:
         forward:  x (any)  ->  same shape;  backward: dout (same)  ->  dx = dout * mask
     """
 
-    def __init__(self, dropout_ratio=0.5, seed=None):
+    def __init__(self, dropout_ratio: float = 0.5, seed: int | None = None) -> None:
         who = "Dropout"
         if (isinstance(dropout_ratio, bool) or not isinstance(dropout_ratio, numbers.Real)
                 or not 0.0 <= dropout_ratio <= 1.0):      # NaN fails the range test too
             raise ValueError(f"{who}: expected dropout_ratio in [0, 1]; got {dropout_ratio!r}")
-        self.dropout_ratio = float(dropout_ratio)
+        self.dropout_ratio: float = float(dropout_ratio)
         self._rng = host_rng(seed)
-        self.mask = None              # boolean keep-mask of the last training forward
-        self._scale = None            # the same mask (or 1 - ratio at test time) in x's dtype
+        self.mask: Any = None              # boolean keep-mask of the last training forward
+        self._scale: Any = None            # the same mask (or 1 - ratio at test time) in x's dtype
 
-    def forward(self, x, train_flg=True):
+    def forward(self, x: Array, train_flg: bool = True) -> Array:
         check_floating("Dropout.forward", "x", x)
         xp = array_namespace(x)
         with device_scope(x):
@@ -240,7 +244,8 @@ class Dropout:
 
     def _draw_keep(self, x):
         """Host keep-mask of x's shape; in a distributed step, this rank's rows of the
-        global batch's mask."""
+        global batch's mask.
+        """
         shape = tuple(x.shape)
         shard = current_shard()
         if shard is None:
@@ -249,7 +254,7 @@ class Dropout:
         mask = self._rng.random((shard.total,) + shape[1:]) > self.dropout_ratio
         return mask[shard.start:shard.stop]
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         who = "Dropout.backward"
         _need_forward(who, self._scale)
         check_floating(who, "dout", dout)

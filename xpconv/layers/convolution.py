@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 from array_api_compat import array_namespace, device
 
 from .._kernels.checks import as_index, check_flag, check_floating, check_grad, check_ndim, check_same_place
 from .._kernels.conv import conv2d_backward_unchecked, conv2d_unchecked
 from .._kernels.geometry import ROUNDINGS, check_pad, pair
+from .._typing import Array, IntOrPair, Padding
 from ..devices import device_scope
 from ..functional import _conv_geometry, check_conv_shapes
 
@@ -36,8 +38,9 @@ class Convolution:
     (2, 8, 5, 5)
     """
 
-    def __init__(self, W, b, stride=1, pad=0, dilation=1, groups=1, rounding="exact",
-                 input_grad=True):
+    def __init__(self, W: Array, b: Array | None, stride: IntOrPair = 1, pad: Padding = 0,
+                 dilation: IntOrPair = 1, groups: int = 1, rounding: str = "exact",
+                 input_grad: bool = True) -> None:
         who = "Convolution"
         check_floating(who, "W", W)
         check_ndim(who, "W", W, 4, "(FN, C/groups, FH, FW)")
@@ -59,12 +62,13 @@ class Convolution:
         self.W, self.b = W, b
         self.stride, self.pad, self.dilation, self.groups = stride, pad, dilation, groups
         self.rounding, self.input_grad = rounding, input_grad
-        self.dW = self.db = None
-        self.x = None            # kept for backward
-        self._cols = None        # columns kept when the batch fit in one workspace chunk
-        self._geom = None
+        self.dW: Any = None
+        self.db: Any = None
+        self.x: Any = None            # kept for backward
+        self._cols: Any = None        # columns kept when the batch fit in one workspace chunk
+        self._geom: Any = None
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         self._geom = _conv_geometry("Convolution", x, self.W, self.b, self.stride, self.pad,
                                     self.dilation, self.groups, self.rounding, w_name="W")
         self.x = x
@@ -72,7 +76,7 @@ class Convolution:
             y, self._cols = conv2d_unchecked(x, self.W, self.b, self._geom, self.groups, keep_cols=True)
         return y
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array | None:
         if self.x is None:
             raise RuntimeError("Convolution.backward: call forward first")
         check_grad("Convolution.backward", "dy", dout, self.x, "x", (self.x.shape[0], self.W.shape[0],

@@ -15,16 +15,19 @@ is no mean loss (PyTorch's ``reduction="mean"`` gives NaN for N = 0).
 """
 from __future__ import annotations
 
+from typing import Any
+
 from array_api_compat import array_namespace, device
 
 from .._kernels.checks import check_array, check_floating, check_labels, check_ndim, check_same_place
 from .._kernels.fastpaths import constant
+from .._typing import Array
 from ..devices import device_scope, is_host_numpy
 
 __all__ = ["softmax", "cross_entropy_error", "SoftmaxWithLoss"]
 
 
-def softmax(x):
+def softmax(x: Array) -> Array:
     """Softmax over the last axis, ``exp(x - max) / sum(exp(x - max))`` (never overflows).
 
     Shapes:
@@ -40,7 +43,7 @@ def softmax(x):
         return e / xp.sum(e, axis=-1, keepdims=True)
 
 
-def cross_entropy_error(y, t):
+def cross_entropy_error(y: Array, t: Array) -> Array:
     """Mean cross-entropy of predicted probabilities ``y`` against labels ``t`` (the book's).
 
     ``E = -1/N * sum_n sum_k t[n, k] * log(y[n, k] + 1e-7)``; the ``1e-7`` keeps
@@ -89,13 +92,13 @@ class SoftmaxWithLoss:
     """
 
     def __init__(self):
-        self.loss = None
-        self.y = None      # softmax output
-        self.t = None      # labels as given (integer (N,) or (N, 1), or (N, K) targets)
-        self._target = None  # (N, K) targets in x's dtype, for backward
-        self._classes = None  # (1, K) row 0..K-1, kept between calls (one op less per step)
+        self.loss: Any = None
+        self.y: Any = None      # softmax output
+        self.t: Any = None      # labels as given (integer (N,) or (N, 1), or (N, K) targets)
+        self._target: Any = None  # (N, K) targets in x's dtype, for backward
+        self._classes: Any = None  # (1, K) row 0..K-1, kept between calls (one op less per step)
 
-    def forward(self, x, t):
+    def forward(self, x: Array, t: Array) -> Array:
         who = "SoftmaxWithLoss.forward"
         check_floating(who, "x", x)
         check_ndim(who, "x", x, 2, "(N, K)")
@@ -121,7 +124,7 @@ class SoftmaxWithLoss:
         self.t = t
         return self.loss
 
-    def backward(self, dout=1):
+    def backward(self, dout: Array | float = 1) -> Array:
         who = "SoftmaxWithLoss.backward"
         if self.y is None:
             raise RuntimeError(f"{who}: call forward first")
@@ -194,7 +197,8 @@ def _nan_if_missing(loss, onehot, t):
 
 def _nan_if_empty_row(mask, like):
     """(N, 1) of ``like``'s dtype: 0 for a row of the boolean (N, K) ``mask`` holding a True,
-    NaN for an empty row; branch-free, 2 ops (the 0 and the NaN are device constants)."""
+    NaN for an empty row; branch-free, 2 ops (the 0 and the NaN are device constants).
+    """
     xp = array_namespace(like)
     return xp.where(xp.any(mask, axis=1, keepdims=True), constant(0, like), constant(float("nan"), like))
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from array_api_compat import array_namespace
 
 from .._kernels.checks import check_floating, check_grad, check_ndim, check_same_place
+from .._typing import Array
 from ..devices import device_scope
 from .shard import current_shard
 
@@ -60,7 +62,8 @@ class BatchNormalization:
         backward: dout (same)  ->  dx (same); sets ``dgamma``, ``dbeta`` like gamma
     """
 
-    def __init__(self, gamma, beta, momentum=0.9, running_mean=None, running_var=None, eps=1e-5):
+    def __init__(self, gamma: Array, beta: Array, momentum: float = 0.9, running_mean: Array | None = None,
+                 running_var: Array | None = None, eps: float = 1e-5) -> None:
         who = "BatchNormalization"
         check_floating(who, "gamma", gamma)
         check_ndim(who, "gamma", gamma, 1, "(D,) or (C,)")
@@ -87,15 +90,16 @@ class BatchNormalization:
         self.gamma, self.beta = gamma, beta
         self.momentum, self.eps = float(momentum), float(eps)
         self.running_mean, self.running_var = running_mean, running_var
-        self.input_shape = None
-        self.batch_size = None
-        self.xn = None                 # normalised input, kept for backward
-        self.std = None                # sqrt(var + eps), broadcastable against x
-        self._train = None
-        self._shard = None             # the distributed step's shard of the last forward
-        self.dgamma = self.dbeta = None
+        self.input_shape: Any = None
+        self.batch_size: Any = None
+        self.xn: Any = None                 # normalised input, kept for backward
+        self.std: Any = None                # sqrt(var + eps), broadcastable against x
+        self._train: Any = None
+        self._shard: Any = None             # the distributed step's shard of the last forward
+        self.dgamma: Any = None
+        self.dbeta: Any = None
 
-    def forward(self, x, train_flg=True):
+    def forward(self, x: Array, train_flg: bool = True) -> Array:
         who = "BatchNormalization.forward"
         check_floating(who, "x", x)
         if x.ndim not in (2, 4):
@@ -109,7 +113,7 @@ class BatchNormalization:
                              f"{'features' if x.ndim == 2 else 'channels'} (gamma's size); "
                              f"got {tuple(x.shape)}")
         axes, shape = _axes_and_shape(x.ndim, D)
-        m = math.prod(x.shape[i] for i in axes)   # values per feature
+        m = math.prod([x.shape[i] for i in axes])   # values per feature (a list: torch.compile)
         shard = current_shard() if train_flg else None
         if shard is not None and shard.comm.size == 1:
             shard = None                          # one rank: the batch is all here
@@ -146,7 +150,7 @@ class BatchNormalization:
             self._train = bool(train_flg)
             return xp.reshape(self.gamma, shape) * self.xn + xp.reshape(self.beta, shape)
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         who = "BatchNormalization.backward"
         if self.xn is None:
             raise RuntimeError(f"{who}: call forward first")
@@ -177,7 +181,7 @@ class BatchNormalization:
         xp = array_namespace(dout)
         D = self.gamma.shape[0]
         sums = self._shard.comm.sum(xp.concat([self.dbeta, self.dgamma]) * self._shard.weight)
-        m_r = math.prod(dout.shape[i] for i in axes)
+        m_r = math.prod([dout.shape[i] for i in axes])
         if m_r == 0:                              # no rows here: joined the sum, nothing to do
             return dout
         mean_dout = xp.reshape(sums[:D], shape) / m_r

@@ -1,6 +1,8 @@
 """The Pooling layer (the book's ``common/layers.py`` name), max or average."""
 from __future__ import annotations
 
+from typing import Any
+
 from .._kernels.checks import check_flag, check_grad
 from .._kernels.geometry import ROUNDINGS, check_pad, pair
 from .._kernels.pool import (
@@ -9,6 +11,7 @@ from .._kernels.pool import (
     max_pool2d_backward_unchecked,
     max_pool2d_unchecked,
 )
+from .._typing import Array, IntOrPair, Padding
 from ..devices import device_scope
 from ..functional import _pool_geometry
 
@@ -37,8 +40,8 @@ class Pooling:
     Global pooling: ``Pooling(H, W)``.
     """
 
-    def __init__(self, pool_h, pool_w, stride=None, pad=0, mode="max", rounding="exact",
-                 count_include_pad=True):
+    def __init__(self, pool_h: int, pool_w: int, stride: IntOrPair | None = None, pad: Padding = 0,
+                 mode: str = "max", rounding: str = "exact", count_include_pad: bool = True) -> None:
         who = "Pooling"
         kernel = pair(who, "pool size", (pool_h, pool_w), minimum=1)
         if stride is not None:
@@ -51,10 +54,11 @@ class Pooling:
         check_flag(who, "count_include_pad", count_include_pad)
         self.pool_h, self.pool_w, self.stride, self.pad = pool_h, pool_w, stride, pad
         self.mode, self.rounding, self.count_include_pad = mode, rounding, count_include_pad
-        self.x = self.out = None
-        self._geom = None
+        self.x: Any = None
+        self.out: Any = None
+        self._geom: Any = None
 
-    def forward(self, x):
+    def forward(self, x: Array) -> Array:
         self._geom = _pool_geometry("Pooling", x, (self.pool_h, self.pool_w), self.stride,
                                     self.pad, self.rounding)
         self.x = x
@@ -65,7 +69,7 @@ class Pooling:
                 self.out = avg_pool2d_unchecked(x, self._geom, self.count_include_pad)
         return self.out
 
-    def backward(self, dout):
+    def backward(self, dout: Array) -> Array:
         if self.x is None:
             raise RuntimeError("Pooling.backward: call forward first")
         check_grad("Pooling.backward", "dy", dout, self.x, "x", (*self.x.shape[:2], *self._geom.out_hw))

@@ -12,6 +12,8 @@ import contextvars
 from dataclasses import dataclass
 from typing import Any
 
+from .._kernels.fastpaths import torch_compiling
+
 __all__ = ["Shard", "current_shard", "sharded"]
 
 
@@ -59,5 +61,9 @@ def sharded(shard: Shard):
 
 
 def current_shard() -> Shard | None:
-    """The shard of the distributed step in progress, or None outside one."""
+    """The shard of the distributed step in progress, or None outside one (and in a step
+    that ``torch.compile`` traces: a compiled step runs in one process).
+    """
+    if torch_compiling():          # torch.compile cannot trace a ContextVar
+        return None
     return _CURRENT_SHARD.get()

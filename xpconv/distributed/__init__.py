@@ -381,8 +381,13 @@ class MPICommunicator(Communicator):
             return self._comm.bcast(obj, root=root)
 
     def abort(self, code: int = 1) -> None:
+        """End every rank of the job with exit status ``code`` (``MPI_Abort``), after a
+        moment for the launcher to forward what this rank printed (it drops output still in
+        transit when it tears the job down).
+        """
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(0.5)
         self._comm.Abort(code)
 
     def watch_collectives(self, timeout: float) -> None:

@@ -329,10 +329,23 @@ class Adam(Optimizer):
                       / (1.0 - self.beta1 ** self.iter))
 
     def _rule(self, grad, state):
+        # the formulas of the class docstring, each temporary updated in place: the same
+        # operations (and bits) with half the allocations
         xp = array_namespace(grad)
-        state["m"] += (1.0 - self.beta1) * (grad - state["m"])
-        state["v"] += (1.0 - self.beta2) * (grad * grad - state["v"])
-        return -self._lr_t * state["m"] / (xp.sqrt(state["v"]) + EPS)
+        m, v = state["m"], state["v"]
+        d = grad - m
+        d *= 1.0 - self.beta1
+        m += d
+        d = grad * grad
+        d -= v
+        d *= 1.0 - self.beta2
+        v += d
+        state["m"], state["v"] = m, v      # the same arrays, or new ones on JAX (immutable)
+        root = xp.sqrt(v)
+        root += EPS
+        step = m * -self._lr_t
+        step /= root
+        return step
 
     def _step_flat(self, group: FlatGroup, grads) -> None:
         """The fused step with m and v as the two rows of one (2, n) buffer, where ops cost a launch.

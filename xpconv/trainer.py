@@ -6,7 +6,7 @@ which is also when divergence is checked.
 
 With ``checkpoint=DIR`` the run survives interruption: a checkpoint
 (:mod:`xpconv.checkpoint`) is written every ``checkpoint_every`` steps and at every
-epoch end, SIGTERM and SIGINT write one at the next step boundary and stop, and the
+epoch end, SIGTERM, SIGINT and SIGHUP write one at the next step boundary and stop, and the
 same ``Trainer`` started again on the same DIR continues where the checkpoint was
 taken, ending with parameters equal bit for bit to an uninterrupted run's.
 """
@@ -131,7 +131,7 @@ class Trainer:
         TrainingDiverged: a loss, or the network's output after the last step of an
             epoch, is NaN or infinite; raised before that epoch is evaluated, so
             ``train()`` never returns a broken model.
-        TrainingInterrupted: SIGTERM/SIGINT (with ``checkpoint``), after the checkpoint.
+        TrainingInterrupted: SIGTERM, SIGINT or SIGHUP (with ``checkpoint``), after the checkpoint.
     """
 
     def __init__(self, network: Any, x_train: Array, t_train: Array, x_test: Array | None = None,

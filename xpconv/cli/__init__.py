@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if is_root():
             print(f"xpconv {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 1
-    except TrainingInterrupted as exc:   # SIGTERM/SIGINT: the checkpoint is written
+    except TrainingInterrupted as exc:   # SIGTERM/SIGINT/SIGHUP: the checkpoint is written
         return end_job(f"xpconv {args.command}: {one_line(exc)}", exc.exit_code)
     except EXPECTED_ERRORS as exc:
         fail_on_this_rank(f"xpconv {args.command}: error: {one_line(exc)}")

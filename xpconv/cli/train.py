@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
                    help="replace a read-only --save file (refused by default)")
     t.add_argument("--checkpoint", metavar="DIR",
                    help="keep checkpoints in DIR (last.npz, history.csv): written every "
-                        "--checkpoint-every steps, at every epoch end and on SIGTERM/SIGINT; started "
+                        "--checkpoint-every steps, at every epoch end and on SIGTERM/SIGINT/SIGHUP; started "
                         "again with the same arguments, training resumes from it, bit for bit")
     t.add_argument("--checkpoint-every", type=positive_int, default=500, metavar="STEPS",
                    help="steps between checkpoints within an epoch (default: 500)")

@@ -604,3 +604,20 @@ def test_train_cli_says_channels_last_and_transposes_with_the_flag(tmp_path, cap
     assert cli.main(["train", "--data", str(path), "--epochs", "1", "--quiet", "--device", "cpu",
                      "--channels-last"]) == 0
     assert "images (1, 12, 12)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize("compressed", [False, True])
+def test_npz_limit_reads_the_first_rows_in_either_memory_order(tmp_path, order, compressed):
+    """``limit`` reads the first samples, memory-mapped (stored) or decompressed, of C- and
+    Fortran-order members alike (the first rows of a Fortran array are not contiguous)."""
+    rng = np.random.default_rng(7)
+    x = np.asarray(rng.integers(0, 256, (9, 5, 6), dtype=np.uint8), order=order)
+    x_test = np.asarray(rng.integers(0, 256, (7, 5, 6), dtype=np.uint8), order=order)
+    path = tmp_path / "d.npz"
+    (np.savez_compressed if compressed else np.savez)(path, x=x, t=np.arange(9) % 3, x_test=x_test,
+                                                      t_test=np.arange(7) % 3)
+    (xs, ts), (xv, tv) = load_npz_dataset(path, limit=4, keep_dtype=True)
+    np.testing.assert_array_equal(xs[:, 0], x[:4])
+    np.testing.assert_array_equal(xv[:, 0], x_test[:4])
+    assert ts.tolist() == [0, 1, 2, 0] and tv.tolist() == [0, 1, 2, 0]

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib import format as npy_format
 
-from ..memory import require
+from ..memory import format_bytes, require
 
 __all__ = ["NpzReader", "NpyHeader"]
 
@@ -65,10 +65,7 @@ class NpyHeader:
 
 def _size(nbytes: int) -> str:
     """Bytes in words: ``8000000000000 bytes (7.3 TiB)``."""
-    for unit, scale in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
-        if nbytes >= scale:
-            return f"{nbytes} bytes ({nbytes / scale:.1f} {unit})"
-    return f"{nbytes} bytes"
+    return f"{nbytes} bytes" + (f" ({format_bytes(nbytes)})" if nbytes >= 1 << 10 else "")
 
 
 class NpzReader:
@@ -194,7 +191,9 @@ class NpzReader:
         if rows is not None and shape and rows < shape[0]:
             shape = (rows, *shape[1:])
         if mmap and self.is_stored(name):
-            return self._map(name, header, shape)
+            return self._map(name, header)[:shape[0]] if shape else self._map(name, header)
+        if header.fortran_order and shape != header.shape:   # the first rows are not contiguous
+            return self.read(name)[:shape[0]]
         nbytes = math.prod(shape) * header.dtype.itemsize
         if nbytes > self.budget:
             self.check_budget([name])
@@ -202,8 +201,6 @@ class NpzReader:
         require(nbytes, who=self.who, what=f"{self.path}: array {name!r} {shape} {header.dtype}",
                 hint="store it uncompressed (numpy.savez) so that it is memory-mapped" if not self.is_stored(name)
                 else "")
-        if header.fortran_order and shape != header.shape:   # the first rows are not contiguous
-            return self.read(name)[:shape[0]]
         try:
             flat = np.empty(nbytes, dtype=np.uint8)
         except MemoryError:
@@ -228,8 +225,10 @@ class NpzReader:
             arr = arr.astype(arr.dtype.newbyteorder("="))
         return arr
 
-    def _map(self, name: str, header: NpyHeader, shape: tuple[int, ...]) -> np.ndarray:
-        """A read-only memory map of stored member ``name``'s data (its first ``shape[0]`` rows)."""
+    def _map(self, name: str, header: NpyHeader) -> np.ndarray:
+        """A read-only memory map of stored member ``name``'s data (the whole array: a slice
+        of its first rows is a view that reads only their pages, in C and in Fortran order).
+        """
         info = self._infos[name]
         try:
             with open(self.path, "rb") as f:
@@ -238,9 +237,9 @@ class NpzReader:
             if signature != b"PK\x03\x04":
                 raise ValueError("no local file header where the central directory points")
             offset = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len + header.data_offset
-            if math.prod(shape) == 0:
-                return np.empty(shape, dtype=header.dtype)
-            return np.memmap(self.path, dtype=header.dtype, mode="r", offset=offset, shape=shape,
+            if header.nbytes == 0:
+                return np.empty(header.shape, dtype=header.dtype)
+            return np.memmap(self.path, dtype=header.dtype, mode="r", offset=offset, shape=header.shape,
                              order="F" if header.fortran_order else "C")
         except _DAMAGED as exc:
             raise self._error(f"array {name!r} is corrupt or truncated: {exc}") from None

@@ -214,3 +214,18 @@ def test_the_writability_probe_leaves_no_file_even_if_killed_meanwhile(tmp_path,
     monkeypatch.setattr(tempfile, "TemporaryFile", watched)
     check_writable(tmp_path / "model.npz")
     assert seen == [[]] and os.listdir(tmp_path) == []
+
+
+def test_the_memory_available_is_the_smaller_of_meminfo_and_the_cgroup_room(monkeypatch):
+    from xpconv import memory, thread_defaults
+    files = {"/proc/meminfo": "MemTotal: 100 kB\nMemAvailable:   2000 kB",
+             "/proc/self/cgroup": "0::/job", "/sys/fs/cgroup/job/memory.max": "1000000",
+             "/sys/fs/cgroup/job/memory.current": "400000"}
+    monkeypatch.delenv("XPCONV_MEMORY_MB", raising=False)
+    for module in (memory, thread_defaults):
+        monkeypatch.setattr(module, "read_text", files.get)
+    assert memory.available_bytes() == 600000
+    files["/sys/fs/cgroup/job/memory.max"] = "max"
+    assert memory.available_bytes() == 2000 * 1024
+    monkeypatch.setenv("XPCONV_MEMORY_MB", "1.5")
+    assert memory.available_bytes() == 3 * 2**19

@@ -131,15 +131,15 @@ def test_cpu_lists_and_this_machine():
 ])
 def test_cgroup_quota(monkeypatch, files, quota):
     files = {"/proc/self/cgroup": "1:cpu,cpuacct:/a\n0::/a", **files}
-    monkeypatch.setattr(td, "_read", files.get)
+    monkeypatch.setattr(td, "read_text", files.get)
     assert td.cgroup_quota() == quota
 
 
 def test_machine_cpus_from_the_cpuset(monkeypatch):
     files = {"/proc/self/cgroup": "0::/box", "/sys/fs/cgroup/box/cpuset.cpus.effective": "0-1,4"}
-    monkeypatch.setattr(td, "_read", files.get)
+    monkeypatch.setattr(td, "read_text", files.get)
     assert td.machine_cpus() == 3
-    monkeypatch.setattr(td, "_read", {}.get)
+    monkeypatch.setattr(td, "read_text", {}.get)
     assert td.machine_cpus() == (os.cpu_count() or 1)
 
 

@@ -28,6 +28,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from .thread_defaults import cgroup_dirs, read_text
+
 if TYPE_CHECKING:
     from .network import Sequential
 
@@ -42,17 +44,8 @@ def format_bytes(nbytes: float) -> str:
     return f"{int(nbytes)} bytes"
 
 
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read()
-    except OSError:
-        return None
-
-
 def _mem_available() -> int | None:
-    text = _read("/proc/meminfo")
-    for line in (text or "").splitlines():
+    for line in (read_text("/proc/meminfo") or "").splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     return None
@@ -60,13 +53,11 @@ def _mem_available() -> int | None:
 
 def _cgroup_room() -> int | None:
     """``memory.max - memory.current`` of this process's cgroup (v2), or None for no limit."""
-    for line in (_read("/proc/self/cgroup") or "").splitlines():
-        hid, _, path = (line.split(":", 2) + ["", ""])[:3]
-        if hid != "0":
+    for folder in cgroup_dirs("memory"):
+        limit, current = read_text(folder + "/memory.max"), read_text(folder + "/memory.current")
+        if limit is None or current is None:
             continue
-        folder = "/sys/fs/cgroup" + path.strip().rstrip("/")
-        limit, current = _read(folder + "/memory.max"), _read(folder + "/memory.current")
-        if limit is None or current is None or limit.strip() == "max":
+        if limit == "max":
             return None
         try:
             return max(0, int(limit) - int(current))

@@ -113,7 +113,8 @@ class Decision:
 
 # ----------------------------------------------------------------------------- the machine
 
-def _read(path: str) -> str | None:
+def read_text(path: str) -> str | None:
+    """The stripped text of a small system file (``/proc``, ``/sys``), or None if unreadable."""
     try:
         with open(path) as f:
             return f.read().strip()
@@ -134,10 +135,10 @@ def _cpu_list_count(text: str | None) -> int | None:
     return count or None
 
 
-def _cgroup_dirs(controller: str) -> list[str]:
+def cgroup_dirs(controller: str) -> list[str]:
     """This process's cgroup folders for ``controller`` (v2 unified first, then v1), deepest first."""
     dirs = []
-    for line in (_read("/proc/self/cgroup") or "").splitlines():
+    for line in (read_text("/proc/self/cgroup") or "").splitlines():
         hid, controllers, path = (line.split(":", 2) + ["", ""])[:3]
         if hid == "0" and controllers == "":
             dirs.append("/sys/fs/cgroup" + path.rstrip("/"))
@@ -150,8 +151,8 @@ def cgroup_quota() -> float | None:
     """The CPU quota of this process's cgroup in CPUs (``cpu.max`` of v2, ``cpu.cfs_quota_us``
     of v1), or None for no quota (or none readable).
     """
-    for folder in _cgroup_dirs("cpu"):
-        v2 = _read(folder + "/cpu.max")
+    for folder in cgroup_dirs("cpu"):
+        v2 = read_text(folder + "/cpu.max")
         if v2:
             quota, _, period = v2.partition(" ")
             if quota == "max":
@@ -160,10 +161,10 @@ def cgroup_quota() -> float | None:
                 return max(int(quota) / int(period), 1.0)
             except (ValueError, ZeroDivisionError):
                 return None
-        v1 = _read(folder + "/cpu.cfs_quota_us")
+        v1 = read_text(folder + "/cpu.cfs_quota_us")
         if v1:
             try:
-                q, p = int(v1), int(_read(folder + "/cpu.cfs_period_us") or "")
+                q, p = int(v1), int(read_text(folder + "/cpu.cfs_period_us") or "")
             except ValueError:
                 return None
             return None if q <= 0 or p <= 0 else max(q / p, 1.0)
@@ -172,9 +173,9 @@ def cgroup_quota() -> float | None:
 
 def machine_cpus() -> int:
     """CPUs of the machine or container: its cgroup cpuset, else ``os.cpu_count()``."""
-    for folder in _cgroup_dirs("cpuset"):
+    for folder in cgroup_dirs("cpuset"):
         for name in ("/cpuset.cpus.effective", "/cpuset.effective_cpus"):
-            n = _cpu_list_count(_read(folder + name))
+            n = _cpu_list_count(read_text(folder + name))
             if n:
                 return n
     return max(1, os.cpu_count() or 1)
@@ -194,7 +195,7 @@ def physical_cores(cpus: set[int] | None) -> int | None:
     cores = set()
     for cpu in cpus:
         base = f"/sys/devices/system/cpu/cpu{cpu}/topology/"
-        core, package = _read(base + "core_id"), _read(base + "physical_package_id")
+        core, package = read_text(base + "core_id"), read_text(base + "physical_package_id")
         if core is None:
             return None
         cores.add((package, core))

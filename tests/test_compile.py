@@ -256,3 +256,25 @@ def test_torch_reduce_overhead_mode_and_device_inputs():
         ref_opt.update(ref.params, ref.gradient(x, t))
     assert len(step._static) == len(addresses(net, opt)) and step.traces == 1
     assert_close(state_of(net, opt), state_of(ref, ref_opt), TOL["float64"])
+
+
+@needs_torch
+def test_torch_step_does_not_recompile_when_eager_calls_fill_the_memos_later():
+    """xpconv keeps per-type answers (namespace, device, dtype) and window geometries in dicts;
+    a dict read while torch.compile traces is a guard, so an entry added afterwards by an
+    eager call would force a second compile. The memos are filled before the trace, and
+    none is read while tracing the geometry."""
+    from xpconv import _namespace
+    from xpconv._kernels import geometry
+    net = simple("float64").to("torch")
+    step = compile_step(net, Adam(), backend="aot_eager")
+    x, t = batches(n=1, size=4)[0]
+    x, t = net.device.asarray(x), net.device.asarray(t)
+    for memo in (_namespace._NAMESPACE, _namespace._DEVICE, _namespace._IS_ARRAY,
+                 _namespace._REAL_FLOATING, geometry._KNOWN):
+        memo.clear()
+    for _ in range(3):
+        step(x, t)
+        net.predict(x)                         # eager: fills every memo it reads
+        net.gradient(x, t)
+    assert step.traces == 1

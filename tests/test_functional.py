@@ -777,3 +777,15 @@ def test_max_pool_disjoint_windows_with_leftover_like_torch(backend, rng, kernel
     close(y, yt.detach().numpy())
     close(dx, xt.grad.numpy())
     close(dx, max_pool2d_backward_naive(dy, hx, k))
+
+
+def test_remembered_geometry_still_refuses_what_it_would_refuse():
+    """window2d remembers geometries by the options' repr: 2 and 2.0 are different keys, so a
+    float stride is refused after the int stride's geometry was remembered, and before."""
+    for _ in range(2):
+        with pytest.raises(TypeError, match="stride"):
+            window2d("conv", (9, 9), (3, 3), 2.0)
+        assert window2d("conv", (9, 9), (3, 3), 2).out_hw == (4, 4)
+    assert window2d("conv", (9, 9), (3, 3), 2) is window2d("conv", (9, 9), (3, 3), 2)
+    with pytest.raises(ValueError, match="do not tile"):   # nor does another shape pass
+        window2d("conv", (8, 8), (3, 3), 2)

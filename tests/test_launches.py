@@ -79,6 +79,18 @@ def test_device_filter_leaves_host_scalars_out():
     assert (count.ops, count.syncs, count.host_ops) == (1, 0, 1)
 
 
+def test_an_integer_gather_is_an_op_and_a_boolean_mask_a_sync():
+    """x[..., idx] with integer indices has the indices' shape (no sync on a GPU); a boolean
+    mask's result size depends on the data (a nonzero, a sync)."""
+    x = torch.arange(12.0).reshape(3, 4)
+    with count_launches() as count:
+        x[..., torch.tensor([3, 0])]
+    assert (count.ops, count.syncs) == (1, 0)
+    with count_launches() as count:
+        x[x > 5]
+    assert count.syncs >= 1
+
+
 def test_module_imports_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
             "import xpconv.diagnostics.launches as L\n"

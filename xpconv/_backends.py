@@ -14,7 +14,7 @@ import sys
 import array_api_compat
 import numpy
 
-from . import devices as _devices
+from . import _namespace, devices as _devices
 
 
 class Backend:
@@ -254,7 +254,7 @@ class _StrictBackend(Backend):
         return f"array_api_strict:{_strict_name(native)}"
 
     def to_numpy(self, x):
-        xp = array_api_compat.array_namespace(x)
+        xp = _namespace.array_namespace(x)
         return numpy.asarray(x.to_device(xp.Device("CPU_DEVICE")))
 
     def from_dlpack(self, xp, x, native):
@@ -274,12 +274,20 @@ BACKENDS = {b.library: b for b in (_NumpyBackend(), _CupyBackend(), _TorchBacken
 GENERIC = _GenericBackend()
 
 
+_BACKEND_OF: dict[type, Backend] = {}
+
+
 def backend_of(x) -> Backend:
-    """The backend whose library ``x`` belongs to (the generic one for unknown libraries)."""
-    for backend in BACKENDS.values():
-        if backend.owns(x):
-            return backend
-    return GENERIC
+    """The backend whose library ``x`` belongs to (the generic one for unknown libraries);
+    kept per type, but for NumPy arrays of JAX's ``float0`` (a void dtype), which are JAX's.
+    """
+    found = _BACKEND_OF.get(type(x))
+    if found is not None and getattr(getattr(x, "dtype", None), "kind", None) != "V":
+        return found
+    found = next((b for b in BACKENDS.values() if b.owns(x)), GENERIC)
+    if getattr(getattr(x, "dtype", None), "kind", None) != "V":
+        _BACKEND_OF[type(x)] = found
+    return found
 
 
 def _strict_name(native) -> str:

@@ -31,8 +31,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
-from array_api_compat import array_namespace
 
+from . import _namespace
+from ._namespace import array_namespace
 from .layers.basic import Dropout
 from .workspace import workspace_limit
 
@@ -323,6 +324,9 @@ class _TorchStep(_CompiledStep):
         if self.mode == "reduce-overhead":
             self._mark_static(roots, buffers, state)
         self._scrub()               # caches read before written (SoftmaxWithLoss's classes)
+        # the type memos filled before the trace, which would otherwise guard on them
+        _namespace.remember(x, t, *masks, *roots, *buffers, *scalars.values(),
+                            *(a for per_name in state.values() for a in per_name.values()))
         try:
             for k, v in scalars.items():    # read by the graph as tensors, not as constants
                 setattr(opt, k, v)

@@ -27,6 +27,7 @@ from typing import Any
 import array_api_compat
 import numpy
 
+from . import _namespace
 from ._backends import (
     BACKENDS as _BACKENDS,
     GENERIC as _GENERIC,
@@ -121,7 +122,7 @@ class Device:
         """``obj`` of another library as an array of this one, sharing memory through DLPack."""
         what = f"a {type(obj).__module__}.{type(obj).__name__}"
         try:
-            where = f" on {_backend_of(obj).spec_of(array_api_compat.device(obj))}"
+            where = f" on {_backend_of(obj).spec_of(_namespace.device(obj))}"
         except Exception:
             where = ""
         how = ("move it first: to this device with its own library (e.g. torch's x.to(...), "
@@ -132,7 +133,7 @@ class Device:
         except Exception as exc:
             why = (str(exc).splitlines() or [type(exc).__name__])[0]
             raise TypeError(f"{self}.asarray: cannot share {what}{where} through DLPack ({why}); {how}") from None
-        if array_api_compat.device(out) != self.native:
+        if _namespace.device(out) != self.native:
             raise ValueError(f"{self}.asarray: {what}{where} is not on {self}: DLPack shares memory in place "
                              f"and never moves it between devices; {how}")
         return out
@@ -208,8 +209,8 @@ def to_numpy(x: Any) -> numpy.ndarray:
 
 def from_host(a: numpy.ndarray, like: Array) -> Array:
     """Put host array ``a`` on the namespace and device of array ``like``."""
-    xp = array_api_compat.array_namespace(like)
-    native = array_api_compat.device(like)
+    xp = _namespace.array_namespace(like)
+    native = _namespace.device(like)
     backend = _backend_of(like)
     with backend.scope(native):
         return backend.from_host(xp, a, native)
@@ -220,7 +221,7 @@ def device_of(x: Array) -> Device:
     backend = _backend_of(x)
     if backend is _GENERIC:
         raise TypeError(f"device_of: unsupported array type {type(x).__module__}.{type(x).__name__}")
-    return device(backend.spec_of(array_api_compat.device(x)))
+    return device(backend.spec_of(_namespace.device(x)))
 
 
 def dtype_name(x: Array) -> str:
@@ -248,7 +249,7 @@ def device_scope(x: Array) -> AbstractContextManager[Any]:
     Needed for CuPy, whose creation functions allocate on the *current* GPU and
     ignore ``device=``; a no-op for every other library.
     """
-    return _backend_of(x).scope(array_api_compat.device(x))
+    return _backend_of(x).scope(_namespace.device(x))
 
 
 
@@ -267,7 +268,7 @@ def default_workspace(where: Device | Array) -> int:
     if isinstance(where, Device):
         backend, native = _BACKENDS[where.library], where.native
     else:
-        backend, native = _backend_of(where), array_api_compat.device(where)
+        backend, native = _backend_of(where), _namespace.device(where)
     return GPU_WORKSPACE if backend.is_gpu(native) else CPU_WORKSPACE
 
 

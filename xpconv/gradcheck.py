@@ -12,9 +12,9 @@ from collections.abc import Callable
 from typing import Any
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace, device
 
 from ._kernels.checks import check_floating
+from ._namespace import array_namespace, device
 from ._typing import Array
 from .devices import device_scope, to_numpy
 

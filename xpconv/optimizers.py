@@ -31,10 +31,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, MutableMapping
 
-from array_api_compat import array_namespace, device as array_device
-
 from ._kernels.checks import check_floating, check_same_place
 from ._kernels.fastpaths import constant, prefers_fewer_ops
+from ._namespace import array_namespace, device as array_device
 from ._typing import Array
 from .devices import device_of, device_scope, dtype_name, to_numpy
 from .network.flat import FlatGroup, gather

@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy
-from array_api_compat import array_namespace, is_array_api_obj
+from array_api_compat import is_array_api_obj
 
 from . import checkpoint as ckpt
 from ._kernels.checks import check_labels
+from ._namespace import array_namespace
 from ._typing import Array
 from .devices import device as resolve_device, device_scope, dtype_name, from_host, host_rng, is_host_numpy, to_numpy
 from .memory import require

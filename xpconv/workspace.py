@@ -25,9 +25,9 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace, device
 
 from . import threads
+from ._namespace import array_namespace, device
 from ._typing import Array
 from .devices import CPU_WORKSPACE, GPU_WORKSPACE, Device, default_workspace
 

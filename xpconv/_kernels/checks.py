@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import operator
 
-from array_api_compat import array_namespace, device, is_array_api_obj
-
+from .._namespace import array_namespace, device, is_array, is_real_floating
 from ..devices import is_host_numpy
 
 
 def check_array(who: str, name: str, x) -> None:
     """``x`` must be an Array API array (not a list, scalar or None)."""
-    if not is_array_api_obj(x):
+    if not is_array(x):
         raise TypeError(f"{who}: expected {name} to be an array (NumPy, CuPy, torch, ...); "
                         f"got {type(x).__name__}")
 
@@ -21,8 +20,7 @@ def check_array(who: str, name: str, x) -> None:
 def check_floating(who: str, name: str, x) -> None:
     """``x`` must be a real floating-point array (float16/32/64)."""
     check_array(who, name, x)
-    xp = array_namespace(x)
-    if not xp.isdtype(x.dtype, "real floating"):
+    if not is_real_floating(x):
         raise TypeError(f"{who}: expected {name} with a floating-point dtype "
                         f"(float32, float64, float16); got {x.dtype}. Convert it first, "
                         f"e.g. x.astype('float32') or xp.astype(x, xp.float32)")

@@ -11,9 +11,8 @@ Notation::
 """
 from __future__ import annotations
 
-from array_api_compat import array_namespace, device
-
 from .. import threads
+from .._namespace import array_namespace, device
 from ..devices import is_host_numpy
 from ..workspace import chunked, itemsize, set_rows
 from . import windows as _windows

@@ -6,20 +6,23 @@ portable Array API path beside it.
   kernel fewer per call on a GPU).
 - :func:`prefers_fewer_ops`: whether a library pays a fixed cost per op (a GPU kernel
   launch, a JAX dispatch), so that kernels choose fewer, larger ops.
+- :func:`take_last`: a gather along the last axis at non-negative positions, one op on
+  torch.
 """
 from __future__ import annotations
 
 import contextlib
 import contextvars
-import sys
 
 import array_api_compat
 import numpy
 
+from .. import _namespace
 from .._backends import backend_of
+from .._namespace import torch_compiling
 
 __all__ = ["keep_where", "constant", "prefers_fewer_ops", "as_on_a_gpu", "under_compiler",
-           "torch_compiling"]
+           "torch_compiling", "take_last"]
 
 _AS_ON_A_GPU = contextvars.ContextVar("xpconv_as_on_a_gpu", default=False)
 
@@ -33,7 +36,7 @@ def prefers_fewer_ops(x) -> bool:
     """
     backend = backend_of(x)
     return backend.prefers_fewer_ops and (under_compiler(x) or _AS_ON_A_GPU.get() or backend.fewer_ops_on(
-        array_api_compat.device(x)))
+        _namespace.device(x)))
 
 
 def under_compiler(x) -> bool:
@@ -43,15 +46,9 @@ def under_compiler(x) -> bool:
     Kernels then take their GPU paths (fewer, larger ops, no read-back to the host) and
     nothing traced is kept in a cache (:func:`constant`).
     """
-    if array_api_compat.device(x) is None:
+    if _namespace.device(x) is None:
         return True
     return array_api_compat.is_torch_array(x) and torch_compiling()
-
-
-def torch_compiling() -> bool:
-    """True while ``torch.compile`` traces (never imports torch)."""
-    torch = sys.modules.get("torch")
-    return torch is not None and torch.compiler.is_compiling()
 
 
 @contextlib.contextmanager
@@ -85,8 +82,21 @@ def keep_where(keep, x):
         numpy.negative(keep, out=bits, dtype=ints)   # 0 / all ones  (bool -> int: 0 / -1)
         numpy.bitwise_and(bits, x.view(ints), out=bits)
         return bits.view(x.dtype)
-    xp = array_api_compat.array_namespace(x)
+    xp = _namespace.array_namespace(x)
     return xp.where(keep, x, constant(0, x))
+
+
+def take_last(x, positions):
+    """``take(x, positions, axis=-1)`` for ``positions``: a 1-D integer array, every entry >= 0.
+
+    The portable path is ``xp.take``. On torch, array-api-compat's ``take`` first maps
+    negative indices (3 more ops: a compare, an add and a ``where``, each a launch on a
+    GPU); non-negative positions need none of that, and ``x[..., positions]`` is one op.
+    """
+    if array_api_compat.is_torch_array(x):
+        return x[..., positions]
+    xp = _namespace.array_namespace(x)
+    return xp.take(x, positions, axis=x.ndim - 1)
 
 
 _CONSTANTS: dict = {}
@@ -106,23 +116,24 @@ def constant(value, like, dtype=None, *, key=None):
         dtype: a dtype of ``like``'s namespace; default ``like.dtype``.
         key: what identifies a callable ``value`` (hashable); numbers are their own key.
     """
-    xp = array_api_compat.array_namespace(like)
     dtype = like.dtype if dtype is None else dtype
-    where = array_api_compat.device(like)
+    where = _namespace.device(like)
+    cache_key = None
+    if not (isinstance(like, numpy.ndarray) or under_compiler(like)):   # never cache a traced value
+        cache_key = (type(like), where, dtype, repr(value) if key is None else key)
+        try:
+            found = _CONSTANTS.get(cache_key)
+        except TypeError:             # an unhashable key: build it every time
+            cache_key = found = None
+        if found is not None:
+            return found
+    xp = _namespace.array_namespace(like)
     if callable(value):
-        build = value
+        made = value(xp, dtype, where)
     else:
-        def build(xp, dtype, where):
-            return xp.asarray(value, dtype=dtype, device=where)
-    if isinstance(like, numpy.ndarray) or under_compiler(like):   # never cache a traced value
-        return build(xp, dtype, where)
-    cache_key = (type(like).__module__, str(where), str(dtype), repr(value) if key is None else key)
-    try:
-        found = _CONSTANTS.get(cache_key)
-    except TypeError:                 # an unhashable key: build it every time
-        return build(xp, dtype, where)
-    if found is None:
-        found = _CONSTANTS[cache_key] = build(xp, dtype, where)
-    return found
+        made = xp.asarray(value, dtype=dtype, device=where)
+    if cache_key is not None:
+        _CONSTANTS[cache_key] = made
+    return made
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numbers
 from dataclasses import dataclass
 
+from .._namespace import torch_compiling
+
 ROUNDINGS = ("exact", "floor", "ceil")
 PAD_WORDS = ("valid", "same", "full")
 
@@ -102,9 +104,16 @@ class Window2d:
         return self.blocks and all(a.size == a.out * a.k for a in (self.h, self.w))
 
 
+_KNOWN: dict = {}          # (who, in_hw, repr of the options) -> Window2d
+_KNOWN_MAX = 1024
+
+
 def window2d(who: str, in_hw, kernel, stride=1, pad=0, dilation=1, rounding="exact",
              *, pooling: bool = False) -> Window2d:
     """Validate the options and compute the geometry of a 2-D window op.
+
+    Geometries are remembered (a layer asks again at every call): the key holds the
+    options' ``repr``, so ``2`` and ``2.0`` stay different (the second is refused).
 
     Args:
         who: name of the calling op or layer, used in error messages.
@@ -116,6 +125,22 @@ def window2d(who: str, in_hw, kernel, stride=1, pad=0, dilation=1, rounding="exa
         rounding: "exact", "floor" or (pooling only) "ceil".
         pooling: apply pooling's extra rules (ceil allowed; pad <= half the kernel).
     """
+    if torch_compiling():      # a memo read under torch.compile is a guard: compute it
+        return _window2d(who, in_hw, kernel, stride, pad, dilation, rounding, pooling)
+    key = (who, tuple(in_hw), repr((kernel, stride, pad, dilation, rounding, pooling)))
+    try:
+        found = _KNOWN.get(key)
+    except TypeError:          # a symbolic size (torch.compile with dynamic shapes)
+        return _window2d(who, in_hw, kernel, stride, pad, dilation, rounding, pooling)
+    if found is None:
+        found = _window2d(who, in_hw, kernel, stride, pad, dilation, rounding, pooling)
+        if len(_KNOWN) >= _KNOWN_MAX:
+            _KNOWN.clear()
+        _KNOWN[key] = found
+    return found
+
+
+def _window2d(who, in_hw, kernel, stride, pad, dilation, rounding, pooling) -> Window2d:
     kh, kw = pair(who, "kernel size", kernel, minimum=1)
     sh, sw = pair(who, "stride", stride, minimum=1)
     dh, dw = pair(who, "dilation", dilation, minimum=1)

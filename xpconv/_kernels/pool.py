@@ -27,8 +27,8 @@ from __future__ import annotations
 from typing import Any
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace, device
 
+from .._namespace import array_namespace, device
 from ..workspace import itemsize, map_batch
 from . import windows as _windows
 from .fastpaths import constant, keep_where, prefers_fewer_ops

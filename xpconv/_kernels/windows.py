@@ -11,8 +11,10 @@ tap's (N, C, OH, OW) piece back onto the input positions it came from.
 from __future__ import annotations
 
 import array_api_extra as xpx
-from array_api_compat import array_namespace, device, is_torch_array
+from array_api_compat import is_torch_array
 
+from .._namespace import array_namespace, device
+from .fastpaths import constant, prefers_fewer_ops, take_last, under_compiler
 from .geometry import Window2d
 
 
@@ -36,9 +38,30 @@ def unfold(x_padded, geom: Window2d):
 
     Shapes:
         x_padded: (N, C, Hp, Wp)  ->  cols: (N, C, FH*FW, OH, OW)
+
+    One slice per tap, stacked; where every op has a host cost (a GPU, outside a
+    compiler), one gather instead: ``take`` of the flattened padded input at the
+    precomputed positions of every tap (1 op and 1 launch, instead of FH*FW slices
+    before the stack).
     """
     xp = array_namespace(x_padded)
+    if geom.taps > 1 and prefers_fewer_ops(x_padded) and not under_compiler(x_padded):
+        N, C, Hp, Wp = x_padded.shape
+        positions = constant(lambda xp, dtype, where: _tap_positions(xp, geom, (Hp, Wp), where),
+                             x_padded, xp.int64, key=("unfold positions", geom, Hp, Wp))
+        cols = take_last(xp.reshape(x_padded, (N, C, Hp * Wp)), positions)
+        return xp.reshape(cols, (N, C, geom.taps, *geom.out_hw))
     return xp.stack([x_padded[:, :, r, c] for _, r, c in taps(geom)], axis=2)
+
+
+def _tap_positions(xp, geom: Window2d, padded_hw: tuple[int, int], where):
+    """(FH*FW*OH*OW,) int64: the flat index in the padded (Hp, Wp) plane that tap k reads
+    for output (oh, ow), in (k, oh, ow) order.
+    """
+    Hp, Wp = padded_hw
+    plane = xp.reshape(xp.arange(Hp * Wp, dtype=xp.int64, device=where), (Hp, Wp))
+    picked = xp.stack([plane[r, c] for _, r, c in taps(geom)])             # (K, OH, OW)
+    return xp.reshape(picked, (-1,))
 
 
 def fold(pieces, geom: Window2d, like, shape):

@@ -124,7 +124,7 @@ def count_launches(*, forbid_syncs: bool = False, device: str | None = None) -> 
                 return func(*args, **kwargs)
             name = func.overloadpacket.__name__
             if (name in _SYNC_NAMES or torch.Tag.data_dependent_output in func.tags
-                    or torch.Tag.dynamic_output_shape in func.tags):
+                    or (torch.Tag.dynamic_output_shape in func.tags and not _integer_gather(name, args, torch))):
                 if device is None or device in devices_of(args, kwargs):
                     sync(str(func))
                     if on_meta and name in _SCALAR_READS:
@@ -160,6 +160,17 @@ def count_launches(*, forbid_syncs: bool = False, device: str | None = None) -> 
     finally:
         for name, original in originals.items():
             setattr(torch.Tensor, name, original)
+
+
+def _integer_gather(name: str, args, torch) -> bool:
+    """``aten.index`` with integer index tensors only: its output shape is the indices' (a
+    gather, no sync); boolean indices give a data-dependent shape (a ``nonzero``: a sync).
+    """
+    if name != "index" or len(args) < 2:
+        return False
+    indices = [i for i in args[1] if i is not None]
+    return bool(indices) and all(isinstance(i, torch.Tensor) and not i.dtype.is_floating_point
+                                 and i.dtype not in (torch.bool, torch.uint8) for i in indices)
 
 
 def _moves_to_host(func, args, out, torch) -> bool:

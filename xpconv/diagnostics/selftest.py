@@ -29,9 +29,9 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace, device as array_device
 
 from .. import functional as F
+from .._namespace import array_namespace, device as array_device
 from ..devices import Device, device as resolve_device, dtype_name, to_numpy
 from ..workspace import workspace_limit
 from . import reference

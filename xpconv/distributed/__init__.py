@@ -36,8 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 import array_api_compat
 import numpy
-from array_api_compat import array_namespace
 
+from .. import _namespace
+from .._namespace import array_namespace
 from .._typing import Array
 from ..devices import Device, device as resolve_device, device_scope, from_host, to_numpy
 from ..layers.shard import Shard, current_shard, sharded
@@ -260,7 +261,7 @@ class Communicator:
         with device_scope(first):
             parts = [xp.reshape(_as_dtype(xp, grads[k], dtype), (-1,)) for k in names]
             if loss is None:
-                parts.append(xp.zeros((1,), dtype=dtype, device=array_api_compat.device(first)))
+                parts.append(xp.zeros((1,), dtype=dtype, device=_namespace.device(first)))
             else:
                 parts.append(xp.reshape(_as_dtype(xp, loss, dtype), (1,)))
             buffer = xp.concat(parts)

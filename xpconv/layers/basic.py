@@ -9,10 +9,9 @@ import math
 import numbers
 from typing import Any
 
-from array_api_compat import array_namespace
-
 from .._kernels.checks import check_array, check_floating, check_grad, check_ndim, check_same_place
 from .._kernels.fastpaths import constant, keep_where
+from .._namespace import array_namespace
 from .._typing import Array
 from ..devices import device_scope, from_host, host_rng
 from .shard import current_shard

@@ -4,11 +4,10 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
-from array_api_compat import array_namespace, device
-
 from .._kernels.checks import as_index, check_flag, check_floating, check_grad, check_ndim, check_same_place
 from .._kernels.conv import conv2d_backward_unchecked, conv2d_unchecked
 from .._kernels.geometry import ROUNDINGS, check_pad, pair
+from .._namespace import array_namespace, device
 from .._typing import Array, IntOrPair, Padding
 from ..devices import device_scope
 from ..functional import _conv_geometry, check_conv_shapes

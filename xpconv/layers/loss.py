@@ -17,10 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from array_api_compat import array_namespace, device
-
 from .._kernels.checks import check_array, check_floating, check_labels, check_ndim, check_same_place
 from .._kernels.fastpaths import constant
+from .._namespace import array_namespace, device
 from .._typing import Array
 from ..devices import device_scope, is_host_numpy
 

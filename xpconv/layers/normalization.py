@@ -4,9 +4,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import array_namespace
-
 from .._kernels.checks import check_floating, check_grad, check_ndim, check_same_place
+from .._namespace import array_namespace
 from .._typing import Array
 from ..devices import device_scope
 from .shard import current_shard

@@ -15,10 +15,11 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
-from array_api_compat import array_namespace, device as array_device, is_array_api_obj
+from array_api_compat import is_array_api_obj
 
 from .. import serialization
 from .._kernels.checks import check_labels
+from .._namespace import array_namespace, device as array_device
 from .._typing import Array
 from ..devices import Device, device as resolve_device, device_of, device_scope, dtype_name, is_host_numpy, to_numpy
 from ..gradcheck import numerical_gradient as _numerical_gradient

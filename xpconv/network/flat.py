@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from array_api_compat import array_namespace, device as array_device
-
+from .._namespace import array_namespace, device as array_device
 from .._typing import Array
 from ..devices import device_scope, dtype_name, to_numpy
 

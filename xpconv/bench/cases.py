@@ -1,9 +1,19 @@
 """The benchmark cases: what runs (SimpleConvNet, convolutions, a max pool) at which shapes.
 
 Every case exists in two modes, ``train`` (forward + backward) and ``infer`` (forward
-only).  ``--quick`` keeps the SimpleConvNet batches and shrinks the batch of the large
-layer cases (the labels show the shapes).  Inputs are float32, the same for every
-contender (:func:`case_inputs`).
+only), except the training-step cases (kind ``"step"``: forward + backward + an Adam
+update), which exist in ``train`` mode only:
+
+* ``step-b100``, ``step-b1``: SimpleConvNet's training step with Adam (lr 0.001) at batch
+  100 and 1 (at batch 1 on a CPU the time still holds the arithmetic, mostly Adam's over
+  the 434k parameters);
+* ``step-host``: the host-cost proxy: the same layers 1 wide (``filter_num=1``,
+  ``hidden_size=1``) at batch 1, the same op sequence with a few microseconds of
+  arithmetic, so that its time is the host's (Python and dispatch).
+
+``--quick`` keeps the SimpleConvNet batches and shrinks the batch of the large layer cases
+(the labels show the shapes).  Inputs are float32, the same for every contender
+(:func:`case_inputs`).
 """
 from __future__ import annotations
 
@@ -24,10 +34,12 @@ class Case:
 
     Args:
         base: name shared by both modes, e.g. ``"conv3x3"``.
-        kind: ``"net"`` (SimpleConvNet), ``"conv"`` or ``"pool"``.
+        kind: ``"net"`` (SimpleConvNet), ``"step"`` (SimpleConvNet's step with Adam),
+            ``"conv"`` or ``"pool"``.
         train: forward + backward (True) or forward only (False).
-        params: shapes: ``N`` for a net; ``N, C, H, W, FN, K, stride, pad`` for a
-            convolution; ``N, C, H, W, size, stride`` for a pool.
+        params: shapes: ``N`` for a net; ``N, filter_num, hidden_size`` for a step;
+            ``N, C, H, W, FN, K, stride, pad`` for a convolution; ``N, C, H, W, size,
+            stride`` for a pool.
         quick: built by ``--quick`` (reduced batch).
     """
 
@@ -46,12 +58,21 @@ class Case:
         return f"{self.base}/{self.mode}"
 
     @property
+    def host_cost(self) -> bool:
+        """A step case whose layers are 1 wide: its time is the host's (Python and dispatch)."""
+        return self.kind == "step" and all(self.params[k] == w for k, w in HOST_PROXY_WIDTHS.items())
+
+    @property
     def label(self) -> str:
         p = self.params
         mode = "fwd+bwd" if self.train else "fwd"
         if self.kind == "net":
             what = "train step" if self.train else "predict"
             return f"SimpleConvNet {what}, batch {p['N']}"
+        if self.kind == "step":
+            if self.host_cost:
+                return f"host cost: SimpleConvNet at width 1, train step + Adam, batch {p['N']}"
+            return f"SimpleConvNet train step + Adam, batch {p['N']}"
         if self.kind == "conv":
             return (f"conv {p['K']}x{p['K']} {p['C']}->{p['FN']} s{p['stride']} p{p['pad']}, "
                     f"N={p['N']} {p['H']}x{p['W']}, {mode}")
@@ -73,7 +94,10 @@ class Case:
         Convolutions: forward ``2 N OH OW FN C K K``, plus dW and dx when training
         (3x).  SimpleConvNet: conv forward (+ dW), both affines forward (+ dW, dx);
         the input image needs no gradient, so dx of the first conv is not counted
-        (the textbook computes it anyway, uncredited).  Pooling: None.
+        (the textbook computes it anyway, uncredited).  Steps: the same gradient's
+        FLOPs; Adam's update is not counted (about 10 memory-bound elementwise ops per
+        parameter, a rate in bytes, not FLOPs); None for the host-cost proxy, whose
+        arithmetic is not the point.  Pooling: None.
         """
         p = self.params
         if self.kind == "conv":
@@ -81,10 +105,9 @@ class Case:
             fwd = 2 * p["N"] * oh * ow * p["FN"] * p["C"] * p["K"] * p["K"]
             return 3 * fwd if self.train else fwd
         if self.kind == "net":
-            n = p["N"]
-            conv = 2 * n * 24 * 24 * 30 * 1 * 5 * 5
-            affine = 2 * n * 4320 * 100 + 2 * n * 100 * 10
-            return 2 * conv + 3 * affine if self.train else conv + affine
+            return simple_convnet_flops(p["N"], BOOK_WIDTHS["filter_num"], BOOK_WIDTHS["hidden_size"], self.train)
+        if self.kind == "step" and not self.host_cost:
+            return simple_convnet_flops(p["N"], p["filter_num"], p["hidden_size"], train=True)
         return None
 
     def bytes_moved(self) -> int | None:
@@ -97,6 +120,21 @@ class Case:
         return 2 * once if self.train else once
 
 
+def simple_convnet_flops(n: int, filter_num: int, hidden_size: int, train: bool) -> int:
+    """FLOPs of SimpleConvNet on (n, 1, 28, 28) images: conv 5x5 -> pool 2 -> affine -> affine (10).
+
+    Forward: ``conv = 2 n 24 24 FN 25``, ``affine = 2 n (FN 12 12) hidden + 2 n hidden 10``;
+    training: ``2 conv + 3 affine`` (no dx of the conv, whose input is the image).
+    """
+    conv = 2 * n * 24 * 24 * filter_num * 1 * 5 * 5
+    affine = 2 * n * (filter_num * 12 * 12) * hidden_size + 2 * n * hidden_size * 10
+    return 2 * conv + 3 * affine if train else conv + affine
+
+
+BOOK_WIDTHS = dict(filter_num=30, hidden_size=100)      # SimpleConvNet as the book builds it
+HOST_PROXY_WIDTHS = dict(filter_num=1, hidden_size=1)   # the same ops, next to no arithmetic
+TRAIN_ONLY_KINDS = ("step",)                            # no infer twin
+
 # (base name, kind, full-size params, batch used by --quick)
 BASE_CASES = [
     ("net-b100", "net", dict(N=100), 100),
@@ -106,14 +144,19 @@ BASE_CASES = [
     ("conv3x3s2", "conv", dict(N=64, C=64, H=56, W=56, FN=128, K=3, stride=2, pad=1), 8),
     ("conv7x7s2", "conv", dict(N=32, C=3, H=224, W=224, FN=64, K=7, stride=2, pad=3), 4),
     ("maxpool", "pool", dict(N=64, C=64, H=56, W=56, size=2, stride=2), 8),
+    ("step-b100", "step", dict(N=100, **BOOK_WIDTHS), 100),
+    ("step-b1", "step", dict(N=1, **BOOK_WIDTHS), 1),
+    ("step-host", "step", dict(N=1, **HOST_PROXY_WIDTHS), 1),
 ]
 
 
 def build_cases(quick: bool = False) -> list[Case]:
-    """All cases: every base case in train mode, then every one in infer mode."""
+    """All cases: every base case in train mode, then every one in infer mode (but the steps)."""
     cases = []
     for train in (True, False):
         for base, kind, params, quick_n in BASE_CASES:
+            if not train and kind in TRAIN_ONLY_KINDS:
+                continue
             p = dict(params, N=quick_n) if quick else dict(params)
             cases.append(Case(base, kind, train, p, quick))
     return cases
@@ -148,7 +191,7 @@ def case_inputs(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
     """Host float32 NumPy inputs of a case, the same for every contender.
 
     Returns:
-        net: ``x: (N, 1, 28, 28)``, ``t: (N,)`` int64 labels; conv: ``x: (N, C, H, W)``,
+        net, step: ``x: (N, 1, 28, 28)``, ``t: (N,)`` int64 labels; conv: ``x: (N, C, H, W)``,
         ``w: (FN, C, K, K)`` (He scale), ``b: (FN,)``, ``dy: (N, FN, OH, OW)``;
         pool: ``x: (N, C, H, W)``, ``dy: (N, C, OH, OW)``.
     """
@@ -158,7 +201,7 @@ def case_inputs(case: Case, seed: int = 0) -> dict[str, np.ndarray]:
     def randn(*shape, scale=1.0):
         return (scale * rng.standard_normal(shape, dtype=np.float32)).astype(np.float32)
 
-    if case.kind == "net":
+    if case.kind in ("net", "step"):
         return {"x": rng.random((p["N"], 1, 28, 28), dtype=np.float32),
                 "t": rng.integers(0, 10, size=p["N"]).astype(np.int64)}
     oh, ow = case.out_hw()

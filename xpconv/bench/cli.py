@@ -7,7 +7,7 @@ import sys
 
 from .cases import build_cases, select_cases
 from .child import ISOLATED_MARK, PROBE_MARK, emit
-from .contenders import discover_contenders
+from .contenders import DEFAULT_COMPILE_BACKEND, discover_contenders
 from .timing import DEFAULT_GAP, DEFAULT_REPEAT, DEFAULT_WARMUP, GEMM_SIZE, QUICK_REPEAT
 
 DEFAULT_OUT = "bench-results"
@@ -16,17 +16,22 @@ QUICK_GEMM_N = 512  # --quick checks that it runs; a GEMM this small is a noisy 
 
 DESCRIPTION = """\
 Benchmark xpconv against the book's plain NumPy algorithm (the textbook baseline) and
-PyTorch: a SimpleConvNet training step, four convolutions and a max pool, forward+backward
-("train") and forward only ("infer"), on every available device and backend (NumPy, CuPy,
-torch, JAX, array-api-strict). Contenders alternate round-robin with idle gaps; a float32
-GEMM gives each its ceiling; peak memory is measured in a fresh process; the GPU launch
-proxy counts aten ops and blocking syncs per call on torch's CPU backend."""
+PyTorch: SimpleConvNet, four convolutions and a max pool, forward+backward ("train") and
+forward only ("infer"), on every available device and backend (NumPy, CuPy, torch, JAX,
+array-api-strict); and SimpleConvNet's whole training step with Adam (step-b100, step-b1,
+and step-host, the host cost per step), uncompiled and through xpconv.compile_step
+(xpconv:jax+compiled, xpconv:torch+compiled). Contenders alternate round-robin with idle
+gaps; a float32 GEMM gives each its ceiling; peak memory is measured in a fresh process;
+the GPU launch proxy counts aten ops and blocking syncs per call on torch's CPU backend."""
 
 EPILOG = """\
 examples:
   xpconv bench --devices cpu --quick     check that it runs (well under a minute)
-  xpconv bench                           the full run (12 minutes on 2 cores)
+  xpconv bench                           the full run (12 minutes on 2 cores, plus inductor's
+                                         compiles of the step cases)
   xpconv bench --cases 'conv*' --contenders 'xpconv:*,torch-*'
+  xpconv bench --cases 'step*'           training steps, compiled and not, host cost
+  xpconv bench --quick --cases 'step*' --compile-backend aot_eager   the same, compiled in seconds
   xpconv bench --list"""
 
 
@@ -55,6 +60,10 @@ def build_parser(prog: str = "xpconv bench") -> argparse.ArgumentParser:
     ap.add_argument("--out", default=DEFAULT_OUT,
                     help=f"folder for <tag>.json, <tag>.md, <tag>.png (default: ./{DEFAULT_OUT})")
     ap.add_argument("--tag", help="name of the output files (default: from the machine, e.g. cpu-2core-xeon)")
+    ap.add_argument("--compile-backend", default=DEFAULT_COMPILE_BACKEND, metavar="NAME",
+                    help=f"torch.compile backend of xpconv:torch+compiled in the step cases (default "
+                         f"{DEFAULT_COMPILE_BACKEND}: 20-50 s per input shape on a 2-core CPU; aot_eager "
+                         f"compiles the same graph without generating code, in seconds)")
     ap.add_argument("--no-memory", dest="memory", action="store_false",
                     help="skip the peak-memory subprocess probes")
     ap.add_argument("--no-launches", dest="launches", action="store_false",
@@ -89,7 +98,7 @@ def main(argv: list[str] | None = None, prog: str = "xpconv bench") -> int:
     if opts.memory_probe:
         from .memory import memory_probe
         contender, case_id = opts.memory_probe
-        emit(PROBE_MARK, memory_probe(contender, case_id, opts.quick))
+        emit(PROBE_MARK, memory_probe(contender, case_id, opts.quick, opts.compile_backend))
         return 0
     if opts.isolated:
         from .runner import isolated_run
@@ -98,7 +107,8 @@ def main(argv: list[str] | None = None, prog: str = "xpconv bench") -> int:
     if opts.list:
         for case in select_cases(build_cases(opts.quick), opts.cases):
             print(f"{case.id:<18} {case.label}")
-        print("contenders:", ", ".join(c.name for c in discover_contenders(opts.devices, opts.contenders)))
+        contenders = discover_contenders(opts.devices, opts.contenders, opts.compile_backend)
+        print("contenders:", ", ".join(c.name for c in contenders))
         return 0
     from .report import format_text, write_outputs
     from .runner import run_benchmark

@@ -8,6 +8,11 @@ Names: ``xpconv:<spec>`` for the xpconv device specs ("cpu" = NumPy, "cuda:N" =
 CuPy, "torch", "jax", "array_api_strict"), ``textbook`` (:mod:`xpconv.bench.textbook`,
 NumPy on the CPU), ``torch-cpu`` and ``torch-cuda`` (``torch.nn.functional``).
 
+``xpconv:<spec>+compiled`` (JAX and torch specs) is :func:`xpconv.compile_step`'s step,
+``jax.jit`` or ``torch.compile`` (``--compile-backend``, default inductor): it takes part
+in the step cases only (:meth:`Contender.supports`), and is compiled when its case is
+built, before the warm-up (the compile is not timed).
+
 On a CPU of more than one core, ``xpconv:cpu@1t`` and ``torch-cpu@1t`` are the same
 contenders on one core (``xpconv.set_num_threads(1)`` with BLAS at one thread too,
 ``torch.set_num_threads(1)``; set around each call and restored after): beside
@@ -29,7 +34,10 @@ from .results import error_text
 
 _FAKE_DEVICES = ("array_api_strict:device1",)  # the same host memory under another name
 _IN_PROCESS_BACKENDS = ("cpu", "cuda", "numpy", "cupy")
-_ONE_THREAD = "@1t"  # name suffix of the contenders at one thread
+COMPILED = "+compiled"  # name suffix of xpconv's compiled step (after the spec, before "@1t")
+COMPILED_LIBRARIES = ("jax", "torch")  # where compile_step compiles
+DEFAULT_COMPILE_BACKEND = "inductor"  # torch.compile's own default
+ADAM_LR = 0.001  # the step cases' optimizer: Adam at the book's default rate
 
 
 def block(out: Any) -> None:
@@ -42,6 +50,11 @@ def block(out: Any) -> None:
             block(o)
     elif hasattr(out, "block_until_ready"):
         out.block_until_ready()
+
+
+def thread_suffix(threads: int | None) -> str:
+    """``"@<n>t"`` for a contender at n threads, ``""`` at the library's default."""
+    return f"@{threads}t" if threads else ""
 
 
 def spec_class(spec: Any) -> str:
@@ -60,6 +73,8 @@ class Contender:
         isolated: timed in a process of its own (see :func:`xpconv.bench.runner.run_isolated`).
         error: why setup failed, or None.
         threads: the library's thread count around each call (None: its default).
+        uncompiled_name: for a compiled contender, the name of the same step uncompiled
+            (their ratio is reported), else None.
     """
 
     name = "?"
@@ -67,6 +82,7 @@ class Contender:
     is_baseline = True
     isolated = False
     threads: int | None = None
+    uncompiled_name: str | None = None
 
     def __init__(self):
         self.error: str | None = None
@@ -90,6 +106,13 @@ class Contender:
             finally:
                 self.set_threads(before)
         return call
+
+    def supports(self, case: Case) -> bool:
+        """Whether this contender takes part in ``case`` (every case, unless a subclass says not).
+
+        A contender leaves out the cases it does not support: no row, no process, no cost.
+        """
+        return True
 
     def setup(self) -> None:
         """Import the library / open the device; may raise."""
@@ -116,6 +139,20 @@ class Contender:
         raise NotImplementedError
 
     def net(self, data: dict, train: bool) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def step(self, data: dict, filter_num: int, hidden_size: int, gpu_paths: bool) -> Callable[[], Any]:
+        """One training step of SimpleConvNet with Adam (lr 0.001): gradient, then update.
+
+        Args:
+            data: ``x: (N, 1, 28, 28)``, ``t: (N,)`` labels (:func:`case_inputs`).
+            filter_num: the number of filters of the conv (the book's: 30).
+            hidden_size: the width of the hidden affine layer (the book's: 100).
+            gpu_paths: xpconv's kernels choose their paths as on a GPU (the host-cost case).
+
+        Returns:
+            A callable returning the step's loss (and what to wait for).
+        """
         raise NotImplementedError
 
 
@@ -151,24 +188,53 @@ class TextbookContender(Contender):
         x, t = data["x"], data["t"]
         return (lambda: net.gradient(x, t)) if train else (lambda: net.predict(x))
 
+    def step(self, data, filter_num, hidden_size, gpu_paths):
+        """The book's loop body: ``grads = net.gradient(x, t)``, ``optimizer.update(params, grads)``."""
+        net = textbook.SimpleConvNet(conv_param=conv_param(filter_num), hidden_size=hidden_size, seed=0)
+        optimizer = textbook.Adam(lr=ADAM_LR)
+        x, t = data["x"], data["t"]
 
-def torch_simple_convnet(torch: Any) -> Any:
-    """The book's SimpleConvNet architecture as a ``torch.nn`` module."""
+        def train_step():
+            optimizer.update(net.params, net.gradient(x, t))
+            return net.last_layer.loss
+        return train_step
+
+
+def conv_param(filter_num: int) -> dict[str, int]:
+    """SimpleConvNet's ``conv_param``: ``filter_num`` filters of 5x5, stride 1, no padding."""
+    return {"filter_num": filter_num, "filter_size": 5, "pad": 0, "stride": 1}
+
+
+def torch_simple_convnet(torch: Any, filter_num: int = 30, hidden_size: int = 100) -> Any:
+    """The book's SimpleConvNet architecture as a ``torch.nn`` module (its widths by default).
+
+    Shapes: x (N, 1, 28, 28) -> conv 5x5 (N, filter_num, 24, 24) -> pool (N, filter_num, 12, 12)
+    -> (N, hidden_size) -> scores (N, 10).
+    """
     nn = torch.nn
     return nn.Sequential(
-        nn.Conv2d(1, 30, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2, 2),
-        nn.Flatten(), nn.Linear(30 * 12 * 12, 100), nn.ReLU(), nn.Linear(100, 10))
+        nn.Conv2d(1, filter_num, kernel_size=5), nn.ReLU(), nn.MaxPool2d(2, 2),
+        nn.Flatten(), nn.Linear(filter_num * 12 * 12, hidden_size), nn.ReLU(), nn.Linear(hidden_size, 10))
 
 
 class TorchContender(Contender):
-    """PyTorch (``torch.nn.functional``) on "cpu" or "cuda" (cuDNN, no TF32)."""
+    """PyTorch (``torch.nn.functional``) on "cpu" or "cuda" (cuDNN, no TF32).
 
-    def __init__(self, device: str, threads: int | None = None):
+    Args:
+        device: "cpu" or "cuda".
+        threads: torch's thread count around each call (None: its default).
+        adam_foreach: ``torch.optim.Adam``'s ``foreach`` in the step cases (None: torch's
+            default for the device: one loop over the parameters on a CPU, the multi-tensor
+            kernels on a GPU).
+    """
+
+    def __init__(self, device: str, threads: int | None = None, adam_foreach: bool | None = None):
         super().__init__()
         self.device = device
         self.device_class = device
         self.threads = threads
-        self.name = f"torch-{device}" + (_ONE_THREAD if threads == 1 else f"@{threads}t" if threads else "")
+        self.adam_foreach = adam_foreach
+        self.name = f"torch-{device}" + thread_suffix(threads)
         self.torch = None
 
     def get_threads(self):
@@ -245,6 +311,24 @@ class TorchContender(Contender):
             return loss
         return step
 
+    def step(self, data, filter_num, hidden_size, gpu_paths):
+        """PyTorch's training loop body: ``zero_grad``, ``cross_entropy``, ``backward``,
+        ``torch.optim.Adam.step``.
+        """
+        torch, F = self.torch, self.torch.nn.functional
+        torch.manual_seed(0)
+        model = torch_simple_convnet(torch, filter_num, hidden_size).to(self.device)
+        optimizer = torch.optim.Adam(model.parameters(), lr=ADAM_LR, foreach=self.adam_foreach)
+        x, t = self._tensor(data["x"]), self._tensor(data["t"])
+
+        def train_step():
+            optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), t)
+            loss.backward()
+            optimizer.step()
+            return loss.detach()
+        return train_step
+
 
 class XpconvContender(Contender):
     """xpconv on one device spec ("cpu", "cuda:0", "torch", "jax", ...).
@@ -260,11 +344,11 @@ class XpconvContender(Contender):
         super().__init__()
         self.spec = spec
         self.threads = threads
-        self.name = f"xpconv:{spec}" + (_ONE_THREAD if threads == 1 else f"@{threads}t" if threads else "")
+        self.name = f"xpconv:{spec}" + thread_suffix(threads)
         self.device_class = spec_class(spec)
         self.isolated = spec.split(":")[0] not in _IN_PROCESS_BACKENDS
-        self.xpconv = None
-        self.dev = None
+        self.xpconv: Any = None   # the module and the Device, once set up
+        self.dev: Any = None
 
     def get_threads(self):
         return self.xpconv.get_num_threads()
@@ -321,6 +405,85 @@ class XpconvContender(Contender):
         x, t = self.dev.asarray(data["x"]), self.dev.asarray(data["t"])
         return (lambda: net.gradient(x, t)) if train else (lambda: net.predict(x))
 
+    def step(self, data, filter_num, hidden_size, gpu_paths):
+        """``train_step(x, t)`` of :meth:`training_step`, returning the loss and the updated
+        parameters (JAX's calls return before their work is done: the sync waits for both).
+
+        With ``gpu_paths`` (the host-cost case) the call runs under
+        ``xpconv._kernels.fastpaths.as_on_a_gpu()``: the kernels take the paths they take on
+        a GPU, which is what a GPU run's host executes. It changes torch's CPU choices only
+        (NumPy never prefers fewer ops, JAX always does).
+        """
+        net = self.xpconv.SimpleConvNet(conv_param=conv_param(filter_num), hidden_size=hidden_size,
+                                        device=self.spec, seed=0)
+        x, t = self.dev.asarray(data["x"]), self.dev.asarray(data["t"])
+        train_step = self.training_step(net, x, t)
+
+        def call():
+            loss = train_step(x, t)
+            return loss, tuple(net.params.values())
+        if not gpu_paths:
+            return call
+        from xpconv._kernels.fastpaths import as_on_a_gpu
+
+        def call_on_gpu_paths():
+            with as_on_a_gpu():
+                return call()
+        return call_on_gpu_paths
+
+    def training_step(self, net: Any, x: Any, t: Any) -> Callable[[Any, Any], Any]:
+        """The uncompiled step: ``Adam.update(net.params, net.gradient(x, t))``, returning the loss.
+
+        ``x`` (N, 1, 28, 28) and ``t`` (N,) are the case's inputs (unused here; a compiled
+        step compiles for their shapes).
+        """
+        optimizer = self.xpconv.Adam(lr=ADAM_LR)
+
+        def train_step(x, t):
+            optimizer.update(net.params, net.gradient(x, t))
+            return net.last_layer.loss
+        return train_step
+
+
+class CompiledXpconvContender(XpconvContender):
+    """xpconv's step through :func:`xpconv.compile_step` (``jax.jit``, ``torch.compile``), on a
+    JAX or torch spec; the step cases only.
+
+    The compile (inductor: 20-50 s per input shape on a 2-core CPU; ``aot_eager`` and JAX:
+    seconds) runs when the case is built, so the warm-up and the timed calls run the
+    compiled program. In the host-cost case the compiled kernels are those a compiler
+    traces, which are the GPU paths already.
+
+    Args:
+        spec: an xpconv device spec of JAX or torch ("jax", "torch", "torch:cuda:0", ...).
+        threads: xpconv's thread count around each call (None: its default).
+        compile_backend: ``torch.compile``'s backend (``compile_step(..., backend=)``);
+            unused on JAX.
+    """
+
+    def __init__(self, spec: str, threads: int | None = None,
+                 compile_backend: str = DEFAULT_COMPILE_BACKEND):
+        super().__init__(spec, threads)
+        self.uncompiled_name = self.name
+        self.name = f"xpconv:{spec}{COMPILED}" + thread_suffix(threads)
+        self.compile_backend = compile_backend
+
+    def supports(self, case):
+        """The step cases only: there is nothing else to compile."""
+        return case.kind == "step"
+
+    def setup(self):
+        super().setup()
+        if self.dev.library not in COMPILED_LIBRARIES:
+            raise ValueError(f"{self.name}: compile_step compiles on {' and '.join(COMPILED_LIBRARIES)} "
+                             f"only; on {self.dev.library} it is the plain step, xpconv:{self.spec}")
+
+    def training_step(self, net, x, t):
+        """``compile_step(net, Adam(lr=0.001), backend=...)``, compiled here by one call on (x, t)."""
+        train_step = self.xpconv.compile_step(net, self.xpconv.Adam(lr=ADAM_LR), backend=self.compile_backend)
+        self.sync(train_step(x, t))          # the trace and compile, outside the timing
+        return train_step
+
 
 def make_case(contender: Contender, case: Case) -> Callable[[], Any]:
     """Zero-argument callable running ``case`` once on ``contender``.
@@ -333,13 +496,18 @@ def make_case(contender: Contender, case: Case) -> Callable[[], Any]:
         fn = contender.conv(data, p["stride"], p["pad"], case.train)
     elif case.kind == "pool":
         fn = contender.pool(data, p["size"], p["stride"], case.train)
+    elif case.kind == "step":
+        fn = contender.step(data, p["filter_num"], p["hidden_size"], gpu_paths=case.host_cost)
     else:
         fn = contender.net(data, case.train)
     return contender.at_threads(fn)
 
 
-def contender_from_name(name: str) -> Contender:
-    """Rebuild a contender from its name (in a child process)."""
+def contender_from_name(name: str, compile_backend: str = DEFAULT_COMPILE_BACKEND) -> Contender:
+    """Rebuild a contender from its name (in a child process).
+
+    ``compile_backend`` is the ``torch.compile`` backend of a ``+compiled`` contender.
+    """
     base, at, count = name.partition("@")
     threads = None
     if at:
@@ -350,6 +518,8 @@ def contender_from_name(name: str) -> Contender:
         return TextbookContender()
     if base.startswith("torch-"):
         return TorchContender(base[len("torch-"):], threads)
+    if base.startswith("xpconv:") and base.endswith(COMPILED):
+        return CompiledXpconvContender(base[len("xpconv:"):-len(COMPILED)], threads, compile_backend)
     if base.startswith("xpconv:"):
         return XpconvContender(base[len("xpconv:"):], threads)
     raise SystemExit(f"unknown contender {name!r}")
@@ -397,15 +567,22 @@ def xpconv_specs(devices: str | None = None) -> list[str]:
     return specs + [w for w in wanted if not any(_matches(s, w) for s in specs)]
 
 
-def discover_contenders(devices: str | None = None, patterns: str | None = None) -> list[Contender]:
-    """Xpconv contenders first, then the baselines on the same device classes.
+def discover_contenders(devices: str | None = None, patterns: str | None = None,
+                        compile_backend: str = DEFAULT_COMPILE_BACKEND) -> list[Contender]:
+    """Xpconv contenders first (each JAX or torch spec followed by its compiled step), then
+    the baselines on the same device classes.
 
     Args:
         devices: comma-separated xpconv device specs/prefixes (None: every available one).
         patterns: comma-separated ``fnmatch`` patterns over contender names (None: all).
+        compile_backend: ``torch.compile``'s backend for ``xpconv:torch+compiled``.
     """
     specs = xpconv_specs(devices)
-    contenders: list[Contender] = [XpconvContender(s) for s in specs]
+    contenders: list[Contender] = []
+    for s in specs:
+        contenders.append(XpconvContender(s))
+        if s.split(":")[0] in COMPILED_LIBRARIES:
+            contenders.append(CompiledXpconvContender(s, compile_backend=compile_backend))
     # at one thread too, last (on a CPU of more than one core): xpconv's threads are NumPy's only
     one_thread: list[Contender] = []
     if _usable_cores() > 1:

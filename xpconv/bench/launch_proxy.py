@@ -7,7 +7,15 @@ torch and for native PyTorch.  ``ops`` are the aten ops that would be at least
 one CUDA kernel launch each, ``syncs`` the blocking device-to-host syncs
 (``_local_scalar_dense``, ``is_nonzero``, ``nonzero``, ``item``). xpconv is counted at
 the workspace limit it gets by default on a GPU (512 MiB), not the CPU's 8 MiB, since
-the chunk count decides the op count.
+the chunk count decides the op count, and with its kernels' GPU paths (``count_launches``
+runs under ``as_on_a_gpu``).
+
+The step cases are counted too: xpconv's uncompiled step (``Adam.update`` after
+``gradient``) against native PyTorch's (``torch.optim.Adam``, counted with
+``foreach=True``, its default on a GPU: one multi-tensor op per formula rather than one op
+per parameter, as its CPU default would count). The compiled contenders are not counted:
+the kernels inductor generates run as compiled code, not through torch's dispatcher,
+so no dispatch mode sees them (:data:`COMPILED_NOTE`).
 """
 from __future__ import annotations
 
@@ -21,6 +29,8 @@ from .contenders import Contender, TorchContender, XpconvContender, make_case
 from .results import LaunchRecord, error_text
 
 LABEL = "GPU launch proxy: aten ops on torch CPU, xpconv at its GPU workspace default (512 MiB)"
+COMPILED_NOTE = ("the compiled contenders (xpconv:*+compiled) are not counted: the kernels inductor "
+                 "generates do not pass through torch's dispatcher, so the counter cannot see them")
 
 
 def launch_counter() -> tuple[Callable[..., Any] | None, str | None]:
@@ -37,8 +47,10 @@ def launch_counter() -> tuple[Callable[..., Any] | None, str | None]:
 
 
 def proxy_contenders() -> dict[str, Contender]:
-    """The two counted: ``"xpconv:torch"`` (xpconv's layers on torch) and ``"torch"`` (native)."""
-    return {"xpconv:torch": XpconvContender("torch"), "torch": TorchContender("cpu")}
+    """The two counted: ``"xpconv:torch"`` (xpconv's layers on torch) and ``"torch"`` (native;
+    in the step cases ``torch.optim.Adam`` with ``foreach=True``, as torch chooses on a GPU).
+    """
+    return {"xpconv:torch": XpconvContender("torch"), "torch": TorchContender("cpu", adam_foreach=True)}
 
 
 def count_call(contender: Contender, case: Case, count_launches: Callable[..., Any]) -> LaunchRecord:

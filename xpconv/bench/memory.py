@@ -17,7 +17,7 @@ from typing import Any
 
 from .cases import find_case
 from .child import PROBE_MARK, run_child
-from .contenders import contender_from_name, make_case
+from .contenders import DEFAULT_COMPILE_BACKEND, contender_from_name, make_case
 
 MIB = 2.0 ** 20
 
@@ -85,14 +85,18 @@ class GpuPeak:
         return out
 
 
-def memory_probe(contender_name: str, case_id: str, quick: bool) -> dict[str, Any]:
+def memory_probe(contender_name: str, case_id: str, quick: bool,
+                 compile_backend: str = DEFAULT_COMPILE_BACKEND) -> dict[str, Any]:
     """Peak extra memory of one call of a case, measured in this (fresh) process.
+
+    A compiled contender compiles while the case is built, before the baseline: the
+    compiler's memory is not counted, the compiled step's is.
 
     Returns:
         ``host_extra_mib``, ``host_baseline_mib``, ``ru_maxrss_mib``, ``method``, and on
         CUDA ``torch_cuda_extra_mib`` / ``cupy_pool_extra_mib``.
     """
-    contender = contender_from_name(contender_name)
+    contender = contender_from_name(contender_name, compile_backend)
     contender.setup()
     fn = make_case(contender, find_case(case_id, quick))
     if contender.device_class == "cuda":
@@ -116,9 +120,11 @@ def memory_probe(contender_name: str, case_id: str, quick: bool) -> dict[str, An
     return record
 
 
-def run_memory_probe(contender_name: str, case_id: str, quick: bool, timeout: float = 600) -> dict[str, Any]:
+def run_memory_probe(contender_name: str, case_id: str, quick: bool,
+                     compile_backend: str = DEFAULT_COMPILE_BACKEND, timeout: float = 600) -> dict[str, Any]:
     """Run :func:`memory_probe` in a fresh interpreter; its record or ``{"error": ...}``."""
-    args = ["--_memory-probe", contender_name, case_id] + (["--quick"] if quick else [])
+    args = (["--_memory-probe", contender_name, case_id, "--compile-backend", compile_backend]
+            + (["--quick"] if quick else []))
     try:
         record, why = run_child(args, PROBE_MARK, capture_stderr=True, timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .launch_proxy import LABEL as LAUNCH_LABEL
+from . import step_summary
+from .contenders import COMPILED
+from .launch_proxy import COMPILED_NOTE, LABEL as LAUNCH_LABEL
 from .memory import memory_mib
 from .results import BenchmarkRun, CaseResult, Measurement
 from .timing import SETTLE_BELOW_S
@@ -51,19 +53,25 @@ def _launch_errors(run: BenchmarkRun) -> list[str]:
     return sorted({f"{name}: {r.error}" for res in run.cases for name, r in res.launches.items() if r.error})
 
 
+def _has_compiled(run: BenchmarkRun) -> bool:
+    """Whether a compiled contender measured a case of this run (the launch proxy leaves it out)."""
+    return any(name.partition("@")[0].endswith(COMPILED) for res in run.cases for name in res.measurements)
+
+
 def format_text(run: BenchmarkRun) -> str:
-    """The screen report: ceilings, per-case rows, ratios, launch proxy."""
+    """The screen report: ceilings, per-case rows, ratios, the training steps, launch proxy."""
     env, settings = run.environment, run.settings
     lines = [f"xpconv benchmark [{run.tag}]" + ("  ** QUICK MODE: reduced batches / repeats **" if run.quick else ""),
              f"{env['cpu_model']}, {env['cpu_cores']} cores; "
              f"repeat {settings['repeat']}, warmup {settings['warmup']}", "",
              "GEMM ceiling (float32 square matmul; best of the runs before and after the cases):"]
+    name_width = max([len(name) for name in run.ceilings] + [18])
     for name, c in run.ceilings.items():
         b = c.best
         runs = "/".join(_fmt(r.gflops, ".0f") for r in c.runs)
-        lines.append(f"  {name:<18} " + (f"error: {b.error}" if not b.ok else
-                                         f"n={b.n:<5} {b.gflops:8.1f} GFLOP/s  "
-                                         f"({b.median_ms:.1f} ms; before/after: {runs})"))
+        row = (f"error: {b.error}" if not b.ok else
+               f"n={b.n:<5} {b.gflops:8.1f} GFLOP/s  ({b.median_ms:.1f} ms; before/after: {runs})")
+        lines.append(f"  {name:<{name_width}} {row}")
     width = max([len(n) for res in run.cases for n in res.measurements] + [10])
     for res in run.cases:
         lines += ["", f"{res.case.id}: {res.case.label}",
@@ -77,11 +85,14 @@ def format_text(run: BenchmarkRun) -> str:
         if res.launches:
             cells = launch_cells(res)
             lines.append("  launch proxy per call: " + ", ".join(f"{k} {v}" for k, v in zip(LAUNCH_COLUMNS, cells)))
+    lines += step_summary.format_text(run.cases, run.settings.get("compile_backend"))
     if run.launch_note:
         lines += ["", run.launch_note]
     else:
         lines += ["", f"{LAUNCH_LABEL}: kernel ops / blocking syncs of one call, counted with "
                       "xpconv.diagnostics.launches.count_launches"] + [f"  error {e}"[:160] for e in _launch_errors(run)]
+        if _has_compiled(run):
+            lines.append(f"  {COMPILED_NOTE}")
     lines += ["", f"elapsed {run.elapsed_s:.0f} s"]
     return "\n".join(lines)
 
@@ -121,11 +132,13 @@ def format_markdown(run: BenchmarkRun) -> str:
         out += ["", "## Ratios (xpconv median / baseline median; < 1 means xpconv is faster)", "",
                 "Baselines are compared at the same thread count; `C@1t / C` is contender C's "
                 "scaling, its median at one thread over its median at every usable core "
-                "(> 1: the threads pay).", "",
+                "(> 1: the threads pay); `X+compiled / X` is xpconv's compiled step over the "
+                "uncompiled one; `-`: the ratio does not apply to the case.", "",
                 "| case | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
         for res in run.cases:
-            vals = [res.ratios.get(k) for k in keys]
-            out.append(f"| {res.case.id} | " + " | ".join(f"{v:.2f}" if v else "n/a" for v in vals) + " |")
+            cells = ["-" if k not in res.ratios else f"{res.ratios[k]:.2f}" if res.ratios[k] else "n/a" for k in keys]
+            out.append(f"| {res.case.id} | " + " | ".join(cells) + " |")
+    out += step_summary.format_markdown(run.cases, run.settings.get("compile_backend"))
     out += ["", f"## {LAUNCH_LABEL}", ""]
     if run.launch_note:
         out.append(run.launch_note)
@@ -133,8 +146,11 @@ def format_markdown(run: BenchmarkRun) -> str:
         out += ["Per call of each case, on torch CPU tensors under `xpconv.diagnostics.launches.count_launches` "
                 "(after one uncounted call): kernel ops = aten ops that would be at least one CUDA "
                 "kernel launch each; syncs = blocking device-to-host syncs. xpconv = xpconv's layers "
-                "on torch; torch = native PyTorch (`torch.nn.functional`, SimpleConvNet as an `nn.Module`, "
-                "no optimizer step).", "",
+                "on torch; torch = native PyTorch (`torch.nn.functional`, SimpleConvNet as an `nn.Module`; "
+                "in the step cases `torch.optim.Adam` with `foreach=True`, its default on a GPU; the net "
+                "cases have no optimizer step). In the step cases torch's syncs are its Adam reading "
+                "its step counts, CPU tensors on a GPU too: not device syncs there."
+                + (f" Not counted: {COMPILED_NOTE}." if _has_compiled(run) else ""), "",
                 "| case | " + " | ".join(LAUNCH_COLUMNS) + " |", "|---|" + "---:|" * len(LAUNCH_COLUMNS)]
         for res in run.cases:
             if res.launches:

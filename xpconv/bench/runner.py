@@ -34,8 +34,12 @@ def time_case(case: Case, contenders: list[Contender], opts: argparse.Namespace)
     """Build every contender's callable for ``case``, time them, free them.
 
     Returns:
-        contender name -> its measurement (samples, or the error), in ``contenders`` order.
+        contender name -> its measurement (samples, or the error), in ``contenders`` order;
+        the contenders that do not support ``case`` are left out.
     """
+    contenders = [c for c in contenders if c.supports(case)]
+    if not contenders:
+        return {}
     log(f"== {case.id}: {case.label}")
     fns, errors = {}, {}
     for c in contenders:
@@ -70,7 +74,7 @@ def _parts_to_json(first, timed, last, error) -> dict:
 
 def isolated_run(contender_name: str, opts: argparse.Namespace) -> dict:
     """:func:`time_all` for one contender, in this (fresh) process, as JSON for the parent."""
-    contender = contender_from_name(contender_name)
+    contender = contender_from_name(contender_name, opts.compile_backend)
     contender.try_setup()
     first, timed, last = time_all([contender], chosen_cases(opts), opts)
     return _parts_to_json(first, timed, last, contender.error)
@@ -83,7 +87,7 @@ def run_isolated(contender: Contender, opts: argparse.Namespace) -> tuple[TimedP
         ``((first, timed, last), error)``; on failure, the error in each place.
     """
     args = ["--_isolated", contender.name, "--repeat", str(opts.repeat), "--warmup", str(opts.warmup),
-            "--gap", str(opts.gap)]
+            "--gap", str(opts.gap), "--compile-backend", opts.compile_backend]
     for flag, value in (("--cases", opts.cases), ("--gemm-n", opts.gemm_n)):
         if value is not None:
             args += [flag, str(value)]
@@ -93,7 +97,8 @@ def run_isolated(contender: Contender, opts: argparse.Namespace) -> tuple[TimedP
     if record is None:
         text = f"isolated run failed ({why})"
         failed = {contender.name: Measurement.failed(text)}
-        return (failed, [dict(failed) for _ in chosen_cases(opts)], dict(failed)), text
+        timed = [dict(failed) if contender.supports(case) else {} for case in chosen_cases(opts)]
+        return (failed, timed, dict(failed)), text
     load = lambda part: {name: Measurement.from_dict(d) for name, d in part.items()}
     return (load(record["first"]), [load(t) for t in record["timed"]], load(record["last"])), record["error"]
 
@@ -115,16 +120,25 @@ def case_result(case: Case, timed: dict[str, Measurement], ceilings: dict) -> Ca
 
 
 def ratios(result: CaseResult, contenders: list[Contender]) -> dict[str, float | None]:
-    """Median ratios: ``"X / B"`` for each xpconv contender X and each baseline B on the same
-    device class and at the same thread count (xpconv median / baseline median), and
+    """Median ratios: ``"X+compiled / X"`` for each compiled contender (compiled median /
+    uncompiled median), ``"X / B"`` for each xpconv contender X and each baseline B on the
+    same device class and at the same thread count (xpconv median / baseline median), and
     ``"C@1t / C"`` for each contender C also run at one thread (its speed-up from 1 thread
-    to its default, every usable core).
+    to its default, every usable core). Contenders that do not take part in the case
+    have no ratio there.
     """
     def median(c):
         m = result.measurements.get(c.name)
         return m.median_ms if m is not None else None
 
+    contenders = [c for c in contenders if c.supports(result.case)]
+    by_name = {c.name: c for c in contenders}
     out = {}
+    for compiled in contenders:
+        plain = by_name.get(compiled.uncompiled_name or "")
+        if plain is not None:
+            mc, mp = median(compiled), median(plain)
+            out[f"{compiled.name} / {plain.name}"] = mc / mp if mc and mp else None
     for x in contenders:
         if x.is_baseline:
             continue
@@ -133,7 +147,6 @@ def ratios(result: CaseResult, contenders: list[Contender]) -> dict[str, float |
                 continue
             mx, mb = median(x), median(b)
             out[f"{x.name} / {b.name}"] = mx / mb if mx and mb else None
-    by_name = {c.name: c for c in contenders}
     for one in contenders:
         default = by_name.get(one.name.partition("@")[0]) if one.threads == 1 else None
         if default is not None:
@@ -145,7 +158,7 @@ def ratios(result: CaseResult, contenders: list[Contender]) -> dict[str, float |
 def run_benchmark(opts: argparse.Namespace, command: str) -> BenchmarkRun:
     """Run everything ``opts`` asks for."""
     t_start = time.perf_counter()
-    contenders = discover_contenders(opts.devices, opts.contenders)
+    contenders = discover_contenders(opts.devices, opts.contenders, opts.compile_backend)
     if not contenders:
         raise SystemExit("no contender selected")
     for c in contenders:
@@ -157,15 +170,19 @@ def run_benchmark(opts: argparse.Namespace, command: str) -> BenchmarkRun:
 
     first, timed, last = time_all([c for c in contenders if not c.isolated], cases, opts)
     for c in contenders:
-        if c.isolated:
-            log(f"== {c.name}: every case again, in a process of its own")
-            (own_first, own_timed, own_last), c.error = run_isolated(c, opts)
-            first.update(own_first)
-            last.update(own_last)
-            for merged, own in zip(timed, own_timed):
-                merged.update(own)
+        if not c.isolated:
+            continue
+        if not any(c.supports(case) for case in cases):
+            log(f"== {c.name}: none of the chosen cases is one it runs (no process started)")
+            continue
+        log(f"== {c.name}: its cases, in a process of its own")
+        (own_first, own_timed, own_last), c.error = run_isolated(c, opts)
+        first.update(own_first)
+        last.update(own_last)
+        for merged, own in zip(timed, own_timed):
+            merged.update(own)
     ceilings = best_ceilings(first, last)
-    results = [case_result(case, {c.name: t[c.name] for c in contenders}, ceilings)   # table order
+    results = [case_result(case, {c.name: t[c.name] for c in contenders if c.name in t}, ceilings)  # table order
                for case, t in zip(cases, timed)]
 
     if opts.memory:
@@ -175,7 +192,7 @@ def run_benchmark(opts: argparse.Namespace, command: str) -> BenchmarkRun:
             for name, m in res.measurements.items():
                 if m.error is None:
                     log(f"memory probe {name} {res.case.id}")
-                    m.memory = run_memory_probe(name, res.case.id, opts.quick)
+                    m.memory = run_memory_probe(name, res.case.id, opts.quick, opts.compile_backend)
     for res in results:
         res.ratios = ratios(res, contenders)
 
@@ -193,7 +210,7 @@ def run_benchmark(opts: argparse.Namespace, command: str) -> BenchmarkRun:
         tag=opts.tag or machine_tag(env, uses_cuda, opts.quick),
         quick=opts.quick,
         settings={"repeat": opts.repeat, "warmup": opts.warmup, "gap_s": opts.gap, "memory": opts.memory,
-                  "devices": opts.devices, "launches": opts.launches},
+                  "devices": opts.devices, "launches": opts.launches, "compile_backend": opts.compile_backend},
         environment=env,
         contenders={c.name: {"device_class": c.device_class, "baseline": c.is_baseline, "error": c.error}
                     for c in contenders},

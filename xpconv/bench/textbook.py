@@ -12,7 +12,9 @@ the book writes it:
 * ``Pooling`` goes through ``im2col`` and ``argmax``;
 * ``SimpleConvNet.gradient`` runs forward, loss and backward through every
   layer, including ``dx`` of the first convolution (which nobody needs, but the
-  book computes it).
+  book computes it);
+* ``Adam`` updates each parameter in place with one line per formula, its bias
+  correction folded into the step size ``lr_t``.
 
 Everything is float32 (weights and inputs are cast), so timings compare like
 with like against xpconv and PyTorch.  Nothing here is tuned: it is the book's
@@ -21,6 +23,7 @@ algorithm, used as the "before" number in ``xpconv bench``.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 
 import numpy as np
@@ -315,3 +318,42 @@ class SimpleConvNet:
             grads[f"W{i}"] = self.layers[name].dW
             grads[f"b{i}"] = self.layers[name].db
         return grads
+
+
+class Adam:
+    """Adam as the book writes it: bias correction folded into the step size.
+
+    Per ``update``, with ``iter`` counting the calls::
+
+        lr_t = lr * sqrt(1 - beta2**iter) / (1 - beta1**iter)
+        m   += (1 - beta1) * (g - m)
+        v   += (1 - beta2) * (g**2 - v)
+        p   -= lr_t * m / (sqrt(v) + 1e-7)
+
+    ``m`` and ``v`` start at zero, in each parameter's dtype; the parameters are updated
+    in place (the layers hold the same arrays). ``lr_t`` is a Python float, so float32
+    parameters are updated in float32.
+    """
+
+    def __init__(self, lr=0.001, beta1=0.9, beta2=0.999):
+        self.lr = lr
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.iter = 0
+        self.m = None
+        self.v = None
+
+    def update(self, params, grads):
+        """One step on every parameter of ``params`` (name -> array), given ``grads`` (same names)."""
+        if self.m is None:
+            self.m = {key: np.zeros_like(value) for key, value in params.items()}
+            self.v = {key: np.zeros_like(value) for key, value in params.items()}
+
+        self.iter += 1
+        lr_t = self.lr * math.sqrt(1.0 - self.beta2 ** self.iter) / (1.0 - self.beta1 ** self.iter)
+
+        for key in params:
+            g = grads[key]
+            self.m[key] += (1 - self.beta1) * (g - self.m[key])
+            self.v[key] += (1 - self.beta2) * (g ** 2 - self.v[key])
+            params[key] -= lr_t * self.m[key] / (np.sqrt(self.v[key]) + 1e-7)

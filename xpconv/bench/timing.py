@@ -5,6 +5,9 @@ the contenders (the starting contender rotates each round), synchronising the de
 before and after every timed call.  An idle gap precedes each sample (other
 libraries' spinning threads go to sleep), then, for calls under
 :data:`SETTLE_BELOW_S`, one untimed call (steady state, as in a training loop).
+Calls under :data:`LOOP_BELOW_S` (a training step at batch 1, the host-cost case) are
+timed as a loop of calls lasting about :data:`LOOP_S`, synchronised once at its end as a
+training loop is; the sample is the loop's time per call.
 A float32 GEMM measured in the same run, before and after the cases, gives each
 contender's ceiling in GFLOP/s.
 """
@@ -26,23 +29,35 @@ GEMM_SIZE = {"cpu": 2048, "cuda": 8192}  # also in --quick: smaller GEMMs are no
 GEMM_MIN_REPEAT = 5
 DEFAULT_GAP = 0.15  # > OpenBLAS's default thread spin time (2**28 cycles)
 SETTLE_BELOW_S = 0.25  # calls shorter than this get one untimed call after the gap
+LOOP_BELOW_S = 0.01    # calls shorter than this are timed in loops ...
+LOOP_S = 0.05          # ... of about this many seconds
 
 Timed = tuple[Callable[[], Any], Callable[..., None]]  # (call, sync(out=None))
 
 
-def timed_call(fn: Callable[[], Any], sync: Callable[[Any], None]) -> float:
-    """Seconds taken by one call of ``fn``, device synchronised on both sides, GC off."""
+def timed_call(fn: Callable[[], Any], sync: Callable[[Any], None], calls: int = 1) -> float:
+    """Seconds per call of ``calls`` calls of ``fn`` in a row, the device synchronised
+    before the first and after the last, GC off.
+    """
     sync(None)
     gc_was_on = gc.isenabled()
     gc.disable()
     try:
         start = time.perf_counter()
-        out = fn()
+        for _ in range(calls):
+            out = fn()
         sync(out)
-        return time.perf_counter() - start
+        return (time.perf_counter() - start) / calls
     finally:
         if gc_was_on:
             gc.enable()
+
+
+def calls_per_sample(seconds_per_call: float) -> int:
+    """1, or for a call under :data:`LOOP_BELOW_S` the calls that last about :data:`LOOP_S`."""
+    if seconds_per_call >= LOOP_BELOW_S:
+        return 1
+    return max(1, round(LOOP_S / max(seconds_per_call, 1e-6)))
 
 
 def time_round_robin(fns: dict[str, Timed], repeat: int, warmup: int,
@@ -57,16 +72,20 @@ def time_round_robin(fns: dict[str, Timed], repeat: int, warmup: int,
     the cores.  For short calls (warm-up under ``SETTLE_BELOW_S``) one untimed
     "settle" call follows the gap, so the sample measures the steady state a
     training loop runs in, not the wake-up of thread pools that the gap put to
-    sleep.  A contender that raises is dropped, its measurement carries the error.
+    sleep.  Calls under :data:`LOOP_BELOW_S` are timed in loops (:func:`calls_per_sample`),
+    the sample being the time per call.  A contender that raises is dropped, its
+    measurement carries the error.
     """
     results = {name: Measurement() for name in fns}
-    live, settle = {}, {}
+    live, settle, calls = {}, {}, {}
     for name, (fn, sync) in fns.items():
         try:
             start = time.perf_counter()
-            for _ in range(warmup):
+            for _ in range(max(warmup, 1)):
                 sync(fn())
-            settle[name] = (time.perf_counter() - start) / max(warmup, 1) < SETTLE_BELOW_S
+            per_call = (time.perf_counter() - start) / max(warmup, 1)
+            settle[name] = per_call < SETTLE_BELOW_S
+            calls[name] = calls_per_sample(per_call)
             live[name] = (fn, sync)
         except Exception as exc:
             results[name] = Measurement.failed(error_text(exc))
@@ -81,7 +100,7 @@ def time_round_robin(fns: dict[str, Timed], repeat: int, warmup: int,
             try:
                 if settle[name]:
                     sync(fn())
-                results[name].samples_ms.append(1e3 * timed_call(fn, sync))
+                results[name].samples_ms.append(1e3 * timed_call(fn, sync, calls[name]))
             except Exception as exc:
                 results[name] = Measurement.failed(error_text(exc))
                 del live[name]

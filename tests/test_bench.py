@@ -344,6 +344,7 @@ def test_short_calls_are_timed_in_loops_and_reported_per_call():
     from xpconv.bench.timing import LOOP_S, calls_per_sample, time_round_robin
     assert calls_per_sample(0.02) == 1
     assert calls_per_sample(0.001) == round(LOOP_S / 0.001)
+    assert calls_per_sample(0.02, loop_below=float("inf"), loop_s=0.25) == 12   # the step cases
     counted = {"calls": 0, "syncs": 0}
 
     def fn():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import math
 import sys
 import time
 
@@ -15,7 +16,7 @@ from .environment import collect_environment, machine_tag
 from .launch_proxy import count_launches_per_case
 from .memory import run_memory_probe
 from .results import BenchmarkRun, CaseResult, Measurement, error_text
-from .timing import best_ceilings, measure_ceilings, time_round_robin
+from .timing import STEP_LOOP_S, best_ceilings, measure_ceilings, time_round_robin
 
 TimedParts = tuple[dict[str, Measurement], list[dict[str, Measurement]], dict[str, Measurement]]
 
@@ -50,7 +51,8 @@ def time_case(case: Case, contenders: list[Contender], opts: argparse.Namespace)
             fns[c.name] = (make_case(c, case), c.sync)
         except Exception as exc:
             errors[c.name] = Measurement.failed(error_text(exc))
-    timed = time_round_robin(fns, opts.repeat, opts.warmup, opts.gap)
+    loops = {"loop_below": math.inf, "loop_s": STEP_LOOP_S} if case.kind == "step" else {}
+    timed = time_round_robin(fns, opts.repeat, opts.warmup, opts.gap, **loops)
     del fns
     gc.collect()
     merged = {c.name: timed.get(c.name) or errors[c.name] for c in contenders}

@@ -5,9 +5,11 @@ the contenders (the starting contender rotates each round), synchronising the de
 before and after every timed call.  An idle gap precedes each sample (other
 libraries' spinning threads go to sleep), then, for calls under
 :data:`SETTLE_BELOW_S`, one untimed call (steady state, as in a training loop).
-Calls under :data:`LOOP_BELOW_S` (a training step at batch 1, the host-cost case) are
-timed as a loop of calls lasting about :data:`LOOP_S`, synchronised once at its end as a
-training loop is; the sample is the loop's time per call.
+Calls under :data:`LOOP_BELOW_S` are timed as a loop of calls lasting about
+:data:`LOOP_S`, synchronised once at its end as a training loop is; the sample is the
+loop's time per call. The training-step cases are always timed in loops (of about
+:data:`STEP_LOOP_S`): a step's steady state is a loop, in which JAX and a GPU overlap one
+step's host work with the previous step's device work.
 A float32 GEMM measured in the same run, before and after the cases, gives each
 contender's ceiling in GFLOP/s.
 """
@@ -31,6 +33,7 @@ DEFAULT_GAP = 0.15  # > OpenBLAS's default thread spin time (2**28 cycles)
 SETTLE_BELOW_S = 0.25  # calls shorter than this get one untimed call after the gap
 LOOP_BELOW_S = 0.01    # calls shorter than this are timed in loops ...
 LOOP_S = 0.05          # ... of about this many seconds
+STEP_LOOP_S = 0.25     # the training-step cases: every call in loops of about this long
 
 Timed = tuple[Callable[[], Any], Callable[..., None]]  # (call, sync(out=None))
 
@@ -53,15 +56,16 @@ def timed_call(fn: Callable[[], Any], sync: Callable[[Any], None], calls: int = 
             gc.enable()
 
 
-def calls_per_sample(seconds_per_call: float) -> int:
-    """1, or for a call under :data:`LOOP_BELOW_S` the calls that last about :data:`LOOP_S`."""
-    if seconds_per_call >= LOOP_BELOW_S:
+def calls_per_sample(seconds_per_call: float, loop_below: float = LOOP_BELOW_S,
+                     loop_s: float = LOOP_S) -> int:
+    """1, or for a call under ``loop_below`` seconds the calls that last about ``loop_s``."""
+    if seconds_per_call >= loop_below:
         return 1
-    return max(1, round(LOOP_S / max(seconds_per_call, 1e-6)))
+    return max(1, round(loop_s / max(seconds_per_call, 1e-6)))
 
 
-def time_round_robin(fns: dict[str, Timed], repeat: int, warmup: int,
-                     gap: float = 0.0) -> dict[str, Measurement]:
+def time_round_robin(fns: dict[str, Timed], repeat: int, warmup: int, gap: float = 0.0, *,
+                     loop_below: float = LOOP_BELOW_S, loop_s: float = LOOP_S) -> dict[str, Measurement]:
     """Samples (ms) of every callable, taken round-robin.
 
     ``fns`` maps name -> (callable, sync).  After ``warmup`` untimed calls each,
@@ -72,8 +76,8 @@ def time_round_robin(fns: dict[str, Timed], repeat: int, warmup: int,
     the cores.  For short calls (warm-up under ``SETTLE_BELOW_S``) one untimed
     "settle" call follows the gap, so the sample measures the steady state a
     training loop runs in, not the wake-up of thread pools that the gap put to
-    sleep.  Calls under :data:`LOOP_BELOW_S` are timed in loops (:func:`calls_per_sample`),
-    the sample being the time per call.  A contender that raises is dropped, its
+    sleep.  Calls under ``loop_below`` seconds are timed in loops of about ``loop_s``
+    (:func:`calls_per_sample`), the sample being the time per call.  A contender that raises is dropped, its
     measurement carries the error.
     """
     results = {name: Measurement() for name in fns}
@@ -85,7 +89,7 @@ def time_round_robin(fns: dict[str, Timed], repeat: int, warmup: int,
                 sync(fn())
             per_call = (time.perf_counter() - start) / max(warmup, 1)
             settle[name] = per_call < SETTLE_BELOW_S
-            calls[name] = calls_per_sample(per_call)
+            calls[name] = calls_per_sample(per_call, loop_below, loop_s)
             live[name] = (fn, sync)
         except Exception as exc:
             results[name] = Measurement.failed(error_text(exc))

@@ -54,3 +54,18 @@ def test_a_traced_jax_array_has_no_device_and_jaxs_namespace():
     jax.jit(f)(jax.numpy.ones(2))
     assert seen["device"] is None
     assert seen["namespace"] is array_api_compat.array_namespace(jax.numpy.ones(2))
+
+
+def test_the_package_asks_the_memoized_functions():
+    """Every module takes array_namespace and device from xpconv._namespace (the memos), not
+    from array-api-compat directly, which answers each call by testing every library."""
+    import pathlib
+    import re
+
+    import xpconv
+    root = pathlib.Path(xpconv.__file__).parent
+    direct = re.compile(r"from array_api_compat import [^\n]*\b(array_namespace|device)\b"
+                        r"|array_api_compat\.(array_namespace|device)\(")
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
+                 if p.name != "_namespace.py" and direct.search(p.read_text())]
+    assert offenders == []

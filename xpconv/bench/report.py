@@ -9,7 +9,7 @@ from .contenders import COMPILED
 from .launch_proxy import COMPILED_NOTE, LABEL as LAUNCH_LABEL
 from .memory import memory_mib
 from .results import BenchmarkRun, CaseResult, Measurement
-from .timing import SETTLE_BELOW_S
+from .timing import LOOP_BELOW_S, LOOP_S, SETTLE_BELOW_S, STEP_LOOP_S
 
 COLUMNS = ["median ms", "min-max ms", "IQR ms", "achieved", "% ceil", "peak MiB"]
 LAUNCH_COLUMNS = ["xpconv ops", "xpconv syncs", "torch ops", "torch syncs", "ops ratio"]
@@ -108,7 +108,9 @@ def format_markdown(run: BenchmarkRun) -> str:
             "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v),
             f"- repeat {settings['repeat']}, warm-up {settings['warmup']}; "
             f"{settings['gap_s']} s idle before each sample, plus one untimed call for "
-            f"calls under {SETTLE_BELOW_S} s (steady state); contenders alternate round-robin; "
+            f"calls under {SETTLE_BELOW_S} s (steady state); a sample of a call under {LOOP_BELOW_S} s, "
+            f"and of every training-step case, is a loop of calls (about {LOOP_S} s; {STEP_LOOP_S} s for "
+            "the steps) synchronised at its end, per call; contenders alternate round-robin; "
             "xpconv on torch, JAX and array-api-strict is timed in a process of its own, after the others; "
             "median and spread in ms; FLOPs counted analytically (2 per multiply-add); "
             "peak MiB = extra peak memory of one fwd+bwd call in a fresh process", "",

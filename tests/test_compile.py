@@ -278,3 +278,29 @@ def test_torch_step_does_not_recompile_when_eager_calls_fill_the_memos_later():
         net.predict(x)                         # eager: fills every memo it reads
         net.gradient(x, t)
     assert step.traces == 1
+
+
+@needs_jax
+def test_traced_max_pool_backward_scores_in_int32():
+    """Op by op the window scores are int8 (the least memory traffic); a compiler fuses them
+    away, and XLA's CPU code reduces int8 7x slower than int32, so a trace scores in int32."""
+    from xpconv._kernels.geometry import window2d
+    from xpconv._kernels.pool import _max_pool2d_backward_blocks
+    geom = window2d("test", (4, 4), (2, 2), 2, pooling=True)
+    x = jax.numpy.asarray(np.arange(32, dtype=np.float32).reshape(1, 2, 4, 4))
+    y, dy = x[:, :, ::2, ::2], jax.numpy.ones((1, 2, 2, 2), dtype=np.float32)
+    traced = str(jax.make_jaxpr(lambda x, y, dy: _max_pool2d_backward_blocks(dy, x, y, geom))(x, y, dy))
+    assert "i32" in traced and "i8" not in traced
+    eager_scores = []
+    original = jax.numpy.where
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        eager_scores.append(out.dtype)
+        return out
+    jax.numpy.where = spy
+    try:
+        _max_pool2d_backward_blocks(dy, x, y, geom)
+    finally:
+        jax.numpy.where = original
+    assert np.dtype("int8") in eager_scores

@@ -279,15 +279,16 @@ def _step_result(base: str, medians: dict[str, float], ratios: dict[str, float])
 
 
 def test_step_summary_names_each_target_and_its_verdict():
-    results = [_step_result("step-b100", {"xpconv:jax": 50.0, "xpconv:jax+compiled": 20.0},
+    results = [_step_result("step-b100", {"xpconv:jax": 50.0, "xpconv:jax+compiled": 20.0, "xpconv:cpu": 25.0},
                             {"xpconv:jax+compiled / xpconv:jax": 0.4}),
                _step_result("step-host", {"xpconv:torch": 3.0, "torch-cpu": 2.0, "xpconv:torch+compiled": 1.5,
                                           "xpconv:jax+compiled": 0.8},
                             {"xpconv:torch / torch-cpu": 1.5})]
     rows = step_summary.target_rows(results)
     assert [(value, verdict) for _, value, verdict in rows] == [
-        ("0.40x", "met"), ("1.50x", "not met"), ("1.500 ms", "not met"), ("0.800 ms", "met")]
-    assert rows[2][0].startswith("xpconv:torch+compiled on step-host <= 1 ms")
+        ("0.40x", "met"), ("1.50x", "not met"), ("0.80x", "met"), ("1.500 ms", "not met"), ("0.800 ms", "met")]
+    assert rows[2][0].startswith("xpconv:jax+compiled / xpconv:cpu on step-b100 <= 1 (compiled JAX")   # from the medians
+    assert rows[3][0].startswith("xpconv:torch+compiled on step-host <= 1 ms")
     assert step_summary.target_rows(results[:1])[1][2] == "not measured"
     md = "\n".join(step_summary.format_markdown(results, "aot_eager"))
     assert "## " + step_summary.TITLE in md and "| xpconv:jax | 50.000 | - |" in md   # - : not in step-host

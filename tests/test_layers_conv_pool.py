@@ -5,6 +5,9 @@ tests/naive.py, on every backend (JAX on a subset: it compiles every new op shap
 """
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -295,3 +298,16 @@ def test_pooling_empty_batch(spec, mode):
     dx = layer.backward(put(backend, np.zeros((0, 3, 3, 2))))
     assert_on(backend, y, dx)
     assert tuple(dx.shape) == (0, 3, 6, 4)
+
+
+def test_jax_without_x64_convolves_without_a_dtype_warning():
+    """The gathered im2col's positions are int32 where they fit: JAX without x64 (its
+    default) would warn at an int64 request and truncate it."""
+    pytest.importorskip("jax")
+    code = ("import numpy as np, xpconv\n"
+            "net = xpconv.SimpleConvNet(device='jax', seed=0)\n"
+            "x = net.device.asarray(np.random.default_rng(0).random((2, 1, 28, 28)).astype(np.float32))\n"
+            "assert net.predict(x).shape == (2, 10)\n")
+    out = subprocess.run([sys.executable, "-W", "error::UserWarning", "-c", code],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

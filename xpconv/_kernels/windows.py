@@ -47,19 +47,20 @@ def unfold(x_padded, geom: Window2d):
     xp = array_namespace(x_padded)
     if geom.taps > 1 and prefers_fewer_ops(x_padded) and not under_compiler(x_padded):
         N, C, Hp, Wp = x_padded.shape
-        positions = constant(lambda xp, dtype, where: _tap_positions(xp, geom, (Hp, Wp), where),
-                             x_padded, xp.int64, key=("unfold positions", geom, Hp, Wp))
+        index_dtype = xp.int32 if Hp * Wp < 2**31 else xp.int64    # int32: JAX's without x64
+        positions = constant(lambda xp, dtype, where: _tap_positions(xp, geom, (Hp, Wp), dtype, where),
+                             x_padded, index_dtype, key=("unfold positions", geom, Hp, Wp))
         cols = take_last(xp.reshape(x_padded, (N, C, Hp * Wp)), positions)
         return xp.reshape(cols, (N, C, geom.taps, *geom.out_hw))
     return xp.stack([x_padded[:, :, r, c] for _, r, c in taps(geom)], axis=2)
 
 
-def _tap_positions(xp, geom: Window2d, padded_hw: tuple[int, int], where):
-    """(FH*FW*OH*OW,) int64: the flat index in the padded (Hp, Wp) plane that tap k reads
-    for output (oh, ow), in (k, oh, ow) order.
+def _tap_positions(xp, geom: Window2d, padded_hw: tuple[int, int], dtype, where):
+    """(FH*FW*OH*OW,) integers of ``dtype``: the flat index in the padded (Hp, Wp) plane that
+    tap k reads for output (oh, ow), in (k, oh, ow) order.
     """
     Hp, Wp = padded_hw
-    plane = xp.reshape(xp.arange(Hp * Wp, dtype=xp.int64, device=where), (Hp, Wp))
+    plane = xp.reshape(xp.arange(Hp * Wp, dtype=dtype, device=where), (Hp, Wp))
     picked = xp.stack([plane[r, c] for _, r, c in taps(geom)])             # (K, OH, OW)
     return xp.reshape(picked, (-1,))
 

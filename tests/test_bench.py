@@ -241,7 +241,9 @@ def test_compiled_contenders_cost_nothing_without_a_step_case(monkeypatch, tmp_p
     (case,) = data["cases"]
     assert list(case["results"]) == ["textbook"] and case["ratios"] == {}
     assert list(data["ceilings"]) == ["textbook"]
-    assert {"xpconv:torch+compiled", "xpconv:jax+compiled"} <= set(data["contenders"])
+    compiling = {f"xpconv:{lib}+compiled" for lib in ("torch", "jax")
+                 if lib in [str(s).split(":")[0] for s in xpconv.available_devices()]}
+    assert compiling <= set(data["contenders"])      # listed, where installed, yet never started
     assert "Training step" not in (tmp_path / "none.md").read_text()
 
 

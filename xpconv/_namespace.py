@@ -1,8 +1,8 @@
 """``array_namespace`` and ``device`` of array-api-compat, memoized per array type.
 
 The layers call both several times per op; array-api-compat answers each call by testing
-the array against every library it knows (microseconds a call, dozens of calls a step). What either
-returns depends only on the array's type, so the answer is kept per type:
+the array against every library it knows (microseconds a call, dozens of calls a step).
+What either returns depends only on the array's type, so the answer is kept per type:
 
 * ``array_namespace(*arrays)``: the namespace of the arrays' common type, looked up in a
   dict after the first call; arrays of mixed types, and NumPy arrays of JAX's ``float0``

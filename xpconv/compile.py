@@ -304,6 +304,7 @@ class _TorchStep(_CompiledStep):
         self._static: set = set()          # ids of tensors marked as static addresses
         self._own: dict = {}               # (state name, param name) -> the state tensor given
         self._roots: tuple = ()            # ids of the parameter tensors of the last call
+        self._remembered: set = set()      # input signatures whose types the memos hold
 
     def __call__(self, x, t):
         net, opt = self.net, self.optimizer
@@ -324,9 +325,11 @@ class _TorchStep(_CompiledStep):
         if self.mode == "reduce-overhead":
             self._mark_static(roots, buffers, state)
         self._scrub()               # caches read before written (SoftmaxWithLoss's classes)
-        # the type memos filled before the trace, which would otherwise guard on them
-        _namespace.remember(x, t, *masks, *roots, *buffers, *scalars.values(),
-                            *(a for per_name in state.values() for a in per_name.values()))
+        signature = (tuple(x.shape), str(x.dtype), tuple(t.shape), str(t.dtype))
+        if signature not in self._remembered:   # a new graph: fill the type memos before its
+            self._remembered.add(signature)      # trace, which would otherwise guard on them
+            _namespace.remember(x, t, *masks, *roots, *buffers, *scalars.values(),
+                                *(a for per_name in state.values() for a in per_name.values()))
         try:
             for k, v in scalars.items():    # read by the graph as tensors, not as constants
                 setattr(opt, k, v)

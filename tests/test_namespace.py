@@ -57,15 +57,15 @@ def test_a_traced_jax_array_has_no_device_and_jaxs_namespace():
 
 
 def test_the_package_asks_the_memoized_functions():
-    """Every module takes array_namespace and device from xpconv._namespace (the memos), not
-    from array-api-compat directly, which answers each call by testing every library."""
+    """Every module takes array_namespace, device and is_array from xpconv._namespace (the
+    memos), not from array-api-compat directly, which answers each call by testing every library."""
     import pathlib
     import re
 
     import xpconv
     root = pathlib.Path(xpconv.__file__).parent
-    direct = re.compile(r"from array_api_compat import [^\n]*\b(array_namespace|device)\b"
-                        r"|array_api_compat\.(array_namespace|device)\(")
+    direct = re.compile(r"from array_api_compat import [^\n]*\b(array_namespace|device|is_array_api_obj)\b"
+                        r"|array_api_compat\.(array_namespace|device|is_array_api_obj)\(")
     offenders = [str(p.relative_to(root)) for p in root.rglob("*.py")
                  if p.name != "_namespace.py" and direct.search(p.read_text())]
     assert offenders == []

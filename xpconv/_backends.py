@@ -339,7 +339,7 @@ def _device_index(spec: str, text: str) -> int:
 
 
 def is_foreign_array(obj, library: str) -> bool:
-    if isinstance(obj, numpy.ndarray) or not array_api_compat.is_array_api_obj(obj):
+    if isinstance(obj, numpy.ndarray) or not _namespace.is_array(obj):
         return False
     return not BACKENDS[library].owns(obj)
 

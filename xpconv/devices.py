@@ -24,7 +24,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-import array_api_compat
 import numpy
 
 from . import _namespace
@@ -202,7 +201,7 @@ def available_devices() -> list[str]:
 
 def to_numpy(x: Any) -> numpy.ndarray:
     """Copy any supported array (NumPy, CuPy, torch, JAX, array-api-strict) to host NumPy."""
-    if isinstance(x, numpy.ndarray) or numpy.isscalar(x) or not array_api_compat.is_array_api_obj(x):
+    if isinstance(x, numpy.ndarray) or numpy.isscalar(x) or not _namespace.is_array(x):
         return numpy.asarray(x)
     return _backend_of(x).to_numpy(x)
 

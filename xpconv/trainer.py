@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy
-from array_api_compat import is_array_api_obj
 
 from . import checkpoint as ckpt
 from ._kernels.checks import check_labels
-from ._namespace import array_namespace
+from ._namespace import array_namespace, is_array
 from ._typing import Array
 from .devices import device as resolve_device, device_scope, dtype_name, from_host, host_rng, is_host_numpy, to_numpy
 from .memory import require
@@ -561,7 +560,7 @@ class Trainer:
         uint8 for xpconv's models, which scale them per batch); else as given.
         """
         dev = self._device()
-        if is_array_api_obj(x) and not is_host_numpy(x):
+        if is_array(x) and not is_host_numpy(x):
             return x
         x = to_numpy(x)
         if dev is None:
@@ -591,7 +590,7 @@ class Trainer:
                 warnings.warn(f"Trainer: every training label is class {int(classes[0])}; the network "
                               f"can only learn to predict that class (accuracy 1.0 means nothing)",
                               UserWarning, stacklevel=3)
-        if is_array_api_obj(t) and not is_host_numpy(t):       # already on the device: as given
+        if is_array(t) and not is_host_numpy(t):       # already on the device: as given
             return array_namespace(t).reshape(t, tuple(host.shape))
         dev = self._device()
         return host if dev is None else dev.asarray(host)
@@ -612,7 +611,7 @@ def _length(a) -> int:
 def _read_back(values) -> list[float]:
     """Scalars (device arrays, NumPy values or numbers) as floats, with one transfer."""
     first = values[0]
-    if is_array_api_obj(first) and not is_host_numpy(first):
+    if is_array(first) and not is_host_numpy(first):
         xp = array_namespace(first)
         with device_scope(first):
             values = to_numpy(xp.stack([xp.reshape(v, ()) for v in values]))

@@ -15,11 +15,9 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
-from array_api_compat import is_array_api_obj
-
 from .. import serialization
 from .._kernels.checks import check_labels
-from .._namespace import array_namespace, device as array_device
+from .._namespace import array_namespace, device as array_device, is_array
 from .._typing import Array
 from ..devices import Device, device as resolve_device, device_of, device_scope, dtype_name, is_host_numpy, to_numpy
 from ..gradcheck import numerical_gradient as _numerical_gradient
@@ -134,7 +132,7 @@ def _layout_key(names, a):
 
 def _describe(value) -> str:
     """"a float32 torch array of shape (2, 3) on cpu", or "a list"."""
-    if not is_array_api_obj(value):
+    if not is_array(value):
         return f"a {type(value).__name__}"
     return (f"a {dtype_name(value)} {type(value).__module__.split('.')[0]} array of shape "
             f"{tuple(value.shape)} on {array_device(value)}")
@@ -143,7 +141,7 @@ def _describe(value) -> str:
 def _check_assignment(who: str, old, value) -> None:
     """``value`` may replace ``old``: same library, dtype, device and shape."""
     expected, got = _describe(old), _describe(value)
-    if not is_array_api_obj(value) or array_namespace(value) is not array_namespace(old):
+    if not is_array(value) or array_namespace(value) is not array_namespace(old):
         raise TypeError(f"{who}: expected {expected}; got {got}. Put it on the model's device "
                         f"first: net.device.asarray(xpconv.to_numpy(value), dtype={dtype_name(old)!r})")
     if value.dtype != old.dtype:
@@ -183,7 +181,7 @@ class Sequential:
         if param_names is None:
             for lname, layer in self.layers.items():
                 for attr, gattr in _PARAM_ATTRS:
-                    if is_array_api_obj(getattr(layer, attr, None)):
+                    if is_array(getattr(layer, attr, None)):
                         self._bindings[f"{lname}.{attr}"] = (layer, attr, gattr)
         else:
             grad_of = dict(_PARAM_ATTRS)
@@ -231,7 +229,7 @@ class Sequential:
         y = self.predict(x, train_flg)
         if isinstance(self.last_layer, SoftmaxWithLoss):   # class labels: checked on the host
             t = self._labels(f"{type(self).__name__}.loss", t, y.shape[0], y.shape[-1])
-        elif not is_array_api_obj(t) or is_host_numpy(t):  # another loss: its own rule
+        elif not is_array(t) or is_host_numpy(t):  # another loss: its own rule
             t = self.device.asarray(t)
         return self.last_layer.forward(y, t)
 
@@ -247,7 +245,7 @@ class Sequential:
         who = f"{type(self).__name__}.accuracy"
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"{who}: expected batch_size to be an int >= 1; got {batch_size!r}")
-        host_labels = not is_array_api_obj(t) or is_host_numpy(t)
+        host_labels = not is_array(t) or is_host_numpy(t)
         # 8-bit host images (a memory map, say) are scaled one batch at a time, never whole
         x = x if _is_host_uint8_batch(x) else self._input(x)
         n = x.shape[0]
@@ -420,7 +418,7 @@ class Sequential:
         """("<layer>.<attr>", layer, attr) of every buffer (state saved but not learned)."""
         for lname, layer in self.layers.items():
             for attr in _BUFFER_ATTRS:
-                if is_array_api_obj(getattr(layer, attr, None)):
+                if is_array(getattr(layer, attr, None)):
                     yield f"{lname}.{attr}", layer, attr
 
     def _find_device(self) -> Device:
@@ -447,7 +445,7 @@ class Sequential:
           ``(N, H, W, C)`` is refused with a message that says how to transpose it.
         """
         dtype = dtype_name(next(iter(self.params.values())))
-        host = not is_array_api_obj(x) or is_host_numpy(x)
+        host = not is_array(x) or is_host_numpy(x)
         if host or array_namespace(x) is not self.device.xp:
             is_uint8 = hasattr(x, "dtype") and dtype_name(x) == "uint8"
             x = self.device.asarray(x) if is_uint8 else self.device.asarray(x, dtype=dtype)
@@ -495,7 +493,7 @@ class Sequential:
         Host data (NumPy, lists) is checked on the host, values included, and then moved;
         labels already on the device are checked by shape and dtype only (no sync).
         """
-        if not is_array_api_obj(t):
+        if not is_array(t):
             t = to_numpy(t)
         elif not is_host_numpy(t) and array_namespace(t) is not self.device.xp:
             t = self.device.asarray(t)      # another library's labels: shared where the device allows
@@ -537,4 +535,4 @@ def _takes_train_flg(layer) -> bool:
 
 def _is_host_uint8_batch(x) -> bool:
     """Host NumPy uint8 images (N, ...): scaled per batch by ``_input``."""
-    return is_array_api_obj(x) and is_host_numpy(x) and dtype_name(x) == "uint8" and x.ndim >= 2
+    return is_array(x) and is_host_numpy(x) and dtype_name(x) == "uint8" and x.ndim >= 2

@@ -181,7 +181,8 @@ def machine_cpus() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _affinity() -> set[int] | None:
+def affinity() -> set[int] | None:
+    """The CPUs this process may run on, or None where the OS does not say."""
     try:
         return set(os.sched_getaffinity(0))
     except (AttributeError, OSError):   # no sched_getaffinity on macOS and Windows
@@ -204,10 +205,10 @@ def physical_cores(cpus: set[int] | None) -> int | None:
 
 def machine_cores() -> Cores:
     """This process's :class:`Cores`, read from the OS."""
-    cpus = _affinity()
+    cpus = affinity()
     machine = machine_cpus()
-    affinity = len(cpus) if cpus else machine
-    return Cores(affinity=max(1, affinity), machine=max(machine, affinity), quota=cgroup_quota(),
+    allowed = len(cpus) if cpus else machine
+    return Cores(affinity=max(1, allowed), machine=max(machine, allowed), quota=cgroup_quota(),
                  physical=physical_cores(cpus))
 
 

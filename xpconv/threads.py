@@ -273,7 +273,7 @@ def _core_binder(n: int):
     """
     if not binds_workers(n):
         return None
-    cores = sorted(os.sched_getaffinity(0))
+    cores = sorted(thread_defaults.affinity() or ())
     order = itertools.count()
 
     def bind():
@@ -288,11 +288,8 @@ def binds_workers(n: int) -> bool:
     """Whether a pool of ``n`` workers binds each to a core: one worker per usable core, on
     Linux, in a process that is alone on the machine (not one of several MPI ranks here).
     """
-    try:
-        cores = os.sched_getaffinity(0)
-    except (AttributeError, OSError):   # no sched_getaffinity on macOS and Windows
-        return False
-    return n == len(cores) and DECISION.local_ranks == 1
+    cores = thread_defaults.affinity()
+    return cores is not None and n == len(cores) and DECISION.local_ranks == 1
 
 
 def _blas_limit(n: int):

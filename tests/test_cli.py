@@ -224,3 +224,17 @@ def test_save_path_check_leaves_nothing_behind(tiny_npz, tmp_path, capsys):
 def test_missing_data_file_is_one_line(tmp_path, capsys):
     code = cli.main([*TRAIN, "--data", str(tmp_path / "nothing.npz")])
     one_line_error(capsys, code)
+
+
+def test_save_is_refused_up_front_when_the_disk_is_too_full(monkeypatch, tmp_path):
+    """check_free_space: the model's size plus 10% and 1 MiB must be free in the target folder."""
+    import collections
+    import shutil
+
+    from xpconv.cli.common import check_free_space
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30, 3 * 2**20))
+    check_free_space(tmp_path / "model.npz", 2**20)                    # 2.1 MiB needed: fits
+    with pytest.raises(ValueError, match=r"--save .*model\.npz: 3\.0 MiB free in .*, the model needs "
+                                         r"about 12\.0 MiB; free some space or save elsewhere"):
+        check_free_space(tmp_path / "model.npz", 10 * 2**20)

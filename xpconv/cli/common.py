@@ -113,8 +113,9 @@ def check_free_space(path, nbytes: int, option="--save") -> None:
     except OSError:
         return
     if free < need:
-        raise ValueError(f"{option} {path}: {free / 2**20:.1f} MiB free in {target.parent}, the model "
-                         f"needs about {need / 2**20:.1f} MiB; free some space or save elsewhere")
+        from ..memory import format_bytes
+        raise ValueError(f"{option} {path}: {format_bytes(free)} free in {target.parent}, the model "
+                         f"needs about {format_bytes(need)}; free some space or save elsewhere")
 
 
 def end_job(message: str, code: int) -> int:
